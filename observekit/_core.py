@@ -1,0 +1,403 @@
+"""The one request lifecycle every adapter drives: begin -> (app) -> response_started -> finish.
+
+Adapters translate their framework's request into a :class:`RequestInfo`, call
+:meth:`Observer.begin`, enter the returned :class:`Exchange`'s context around
+every piece of application code, report the response status and headers, and
+call :meth:`Exchange.finish` once the body is done. Everything that logs,
+validates or times lives here, and none of it may raise into the application.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping
+from contextvars import Token
+from typing import Any
+
+from ._config import Config
+from ._context import RequestContext, _current, leave
+from ._requestid import generate_request_id, is_valid_request_id, rejection_reason
+
+__all__ = ["Exchange", "Observer", "RequestInfo"]
+
+ACCESS_LOGGER = "observekit.access"
+LOGGER = "observekit"
+ERROR_BODY = b"Internal Server Error\n"
+
+_perf_counter = time.perf_counter
+_random = random.random
+_INFO = logging.INFO
+_ERROR = logging.ERROR
+
+
+class RequestInfo:
+    """The framework-neutral view of a request that the core needs.
+
+    ``headers`` maps lowercase names to values and needs to hold only the names
+    in :attr:`Observer.header_names`; the first occurrence of a repeated header wins.
+    """
+
+    __slots__ = ("client", "headers", "method", "path", "route", "scheme")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        *,
+        scheme: str = "http",
+        client: str | None = None,
+        route: str | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.scheme = scheme
+        self.client = client
+        self.route = route
+
+
+class _Every:
+    """Lets one event through per ``seconds``, counting the ones it held back."""
+
+    __slots__ = ("_lock", "_next", "seconds", "suppressed")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+        self.suppressed = 0
+        self._lock = threading.Lock()
+
+    def ready(self) -> int | None:
+        """``None`` when held back, else how many were held back since the last one."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self.suppressed += 1
+                return None
+            self._next = now + self.seconds
+            held, self.suppressed = self.suppressed, 0
+            return held
+
+
+class Observer:
+    """Per-application state, worked out once from a :class:`Config`.
+
+    One instance serves every request of one middleware; it holds no
+    per-request state.
+    """
+
+    def __init__(self, config: Config) -> None:
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be an observekit.Config, got {type(config).__name__}")
+        self.config = config
+        self.request_id_headers = tuple(h.lower() for h in config.request_id_headers)
+        self._header_display = {h.lower(): h for h in config.request_id_headers}
+        self.response_header = config.response_header
+        self.response_header_lower = config.response_header.lower()
+        self._custom_validator = config.request_id_validator is not None
+        self._validate = config.request_id_validator or is_valid_request_id
+        self._custom_generator = config.request_id_generator is not None
+        self._generate = config.request_id_generator or generate_request_id
+        self.access_log = config.access_log
+        self._excluded = frozenset(config.access_log_exclude_paths)
+        self._sample_all = config.access_log_sample_ratio >= 1.0
+        self._sample_ratio = config.access_log_sample_ratio
+        self._log_received = config.log_request_received
+        names = list(self.request_id_headers)
+        if self.access_log:
+            names += ["content-type", "content-length", "user-agent"]
+        self.header_names: tuple[str, ...] = tuple(dict.fromkeys(names))
+        """Lowercase request headers the core reads; adapters supply at least these."""
+        self.access_logger = logging.getLogger(ACCESS_LOGGER)
+        self.logger = logging.getLogger(LOGGER)
+        self._rejections = _Every(10.0)
+        self._internal = _Every(10.0)
+        self.internal_errors = 0
+        """How many failures inside observekit (or its user hooks) were absorbed."""
+
+    # -- request IDs ---------------------------------------------------------
+
+    def choose_request_id(self, headers: Mapping[str, str]) -> tuple[str, tuple[str, str] | None]:
+        """The request ID for these headers, and (header, reason) when a value was rejected."""
+        rejected: tuple[str, str] | None = None
+        for name in self.request_id_headers:
+            raw = headers.get(name)
+            if raw is None:
+                continue
+            if self._accepts(raw):
+                return raw, None
+            if rejected is None:
+                rejected = (self._header_display[name], self._reason(raw))
+        return self._new_id(), rejected
+
+    def _accepts(self, raw: str) -> bool:
+        if not self._custom_validator:
+            return self._validate(raw)
+        try:
+            ok = bool(self._validate(raw))
+        except Exception:
+            self.internal_error("request_id_validator raised")
+            return False
+        # A custom validator may accept anything; a header value may not hold
+        # control characters, so those are refused regardless.
+        return ok and raw.isascii() and raw.isprintable()
+
+    def _reason(self, raw: str) -> str:
+        if not self._custom_validator:
+            return rejection_reason(raw)
+        if not (raw.isascii() and raw.isprintable()):
+            return "contains control or non-ASCII characters"
+        return "rejected by request_id_validator"
+
+    def _new_id(self) -> str:
+        if not self._custom_generator:
+            return generate_request_id()
+        try:
+            rid = self._generate()
+            if isinstance(rid, str) and rid and rid.isascii() and rid.isprintable():
+                return rid
+            self.internal_error("request_id_generator returned an unusable value", exc=False)
+        except Exception:
+            self.internal_error("request_id_generator raised")
+        return generate_request_id()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def begin(self, info: RequestInfo) -> Exchange:
+        """Start one request: choose its ID and its context; nothing is entered yet."""
+        rid, rejected = self.choose_request_id(info.headers)
+        return Exchange(self, info, RequestContext(rid), rejected)
+
+    def context_for(self, headers: Mapping[str, str]) -> RequestContext:
+        """A context for a connection that is not an HTTP request (a websocket)."""
+        rid, rejected = self.choose_request_id(headers)
+        if rejected is not None:
+            self.warn_rejected(rejected, rid)
+        return RequestContext(rid)
+
+    def warn_rejected(self, rejected: tuple[str, str], new_id: str) -> None:
+        """WARNING about an unusable incoming ID: header and reason, never the value."""
+        held = self._rejections.ready()
+        if held is None:
+            return
+        header, reason = rejected
+        try:
+            self.logger.warning(
+                "rejected request ID from %s: %s; using %s",
+                header,
+                reason,
+                new_id,
+                extra={
+                    "request_id.header": header,
+                    "request_id.rejection": reason,
+                    "request_id.rejections_suppressed": held,
+                },
+            )
+        except Exception:
+            self.internal_error("logging a rejected request ID failed")
+
+    def internal_error(self, what: str, *, exc: bool = True) -> None:
+        """Count a failure inside observekit and log it at most once per 10 seconds."""
+        self.internal_errors += 1
+        held = self._internal.ready()
+        if held is None:
+            return
+        # If logging itself is what broke, nothing more can be said.
+        with contextlib.suppress(Exception):
+            self.logger.warning(
+                "observekit internal error: %s; the request goes on",
+                what,
+                exc_info=exc,
+                extra={"observekit.errors_suppressed": held},
+            )
+
+
+class Exchange:
+    """One request on its way through the core. Created by :meth:`Observer.begin`."""
+
+    __slots__ = (
+        "_rejected",
+        "context",
+        "error_type",
+        "finished",
+        "info",
+        "observer",
+        "request_id",
+        "response_bytes",
+        "response_content_length",
+        "response_content_type",
+        "route",
+        "start",
+        "status",
+    )
+
+    def __init__(
+        self,
+        observer: Observer,
+        info: RequestInfo,
+        context: RequestContext,
+        rejected: tuple[str, str] | None,
+    ) -> None:
+        self.observer = observer
+        self.info = info
+        self.context = context
+        self.request_id = context.request_id
+        self.route = info.route
+        self.status: int | None = None
+        self.response_content_type: str | None = None
+        self.response_content_length: str | None = None
+        self.response_bytes = 0
+        self.error_type: str | None = None
+        self.finished = False
+        self._rejected = rejected
+        self.start = _perf_counter()
+        if rejected is not None or observer._log_received:
+            self._announce()
+
+    def enter(self) -> Token[RequestContext | None]:
+        """Make this request's context current; pass the token to :meth:`exit` in the same frame."""
+        return _current.set(self.context)
+
+    exit = staticmethod(leave)
+
+    def _announce(self) -> None:
+        """The lines a request writes as it begins: a rejected ID, "received"."""
+        token = _current.set(self.context)
+        try:
+            if self._rejected is not None:
+                self.observer.warn_rejected(self._rejected, self.request_id)
+            if self.observer._log_received:
+                self._log_received()
+        finally:
+            leave(token)
+
+    def _log_received(self) -> None:
+        logger = self.observer.access_logger
+        if not logger.isEnabledFor(logging.DEBUG):
+            return
+        info = self.info
+        try:
+            logger.debug(
+                "%s %s received",
+                info.method,
+                info.path,
+                extra={"http.request.method": info.method, "url.path": info.path},
+            )
+        except Exception:
+            self.observer.internal_error("logging the received line failed")
+
+    def response_started(
+        self, status: int, content_type: str | None, content_length: str | None
+    ) -> None:
+        """The status line and headers are known (they may still be replaced by a 500)."""
+        self.status = status
+        self.response_content_type = content_type
+        self.response_content_length = content_length
+
+    def fail(self, exc: BaseException) -> None:
+        """The application raised: log it once at ERROR with its traceback."""
+        if self.error_type is not None:
+            return
+        cls = type(exc)
+        module = cls.__module__
+        self.error_type = (
+            cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        )
+        if not isinstance(exc, Exception):
+            return  # cancellation, KeyboardInterrupt, SystemExit: not an application error
+        info = self.info
+        token = _current.set(self.context)
+        try:
+            self.observer.logger.error(
+                "unhandled exception in %s %s",
+                info.method,
+                info.path,
+                exc_info=(cls, exc, exc.__traceback__),
+                extra={
+                    "http.request.method": info.method,
+                    "url.path": info.path,
+                    "error.type": self.error_type,
+                },
+            )
+        except Exception:
+            self.observer.internal_error("logging an application exception failed")
+        finally:
+            leave(token)
+
+    def finish(self) -> None:
+        """The response is fully sent (or abandoned): write the access line. Idempotent."""
+        if self.finished:
+            return
+        self.finished = True
+        observer = self.observer
+        if not observer.access_log:
+            return
+        try:
+            self._access_line(observer)
+        except Exception:
+            observer.internal_error("writing the access line failed")
+
+    def _access_line(self, observer: Observer) -> None:
+        info = self.info
+        if info.path in observer._excluded:
+            return
+        status = self.status
+        if status is None:
+            status = 500 if self.error_type is not None else 0
+        failed = status >= 500 or self.error_type is not None
+        if not failed and not observer._sample_all and _random() >= observer._sample_ratio:
+            return
+        level = _ERROR if failed else _INFO
+        logger = observer.access_logger
+        if not logger.isEnabledFor(level):
+            return
+        duration_ms = round((_perf_counter() - self.start) * 1000.0, 3)
+        headers = info.headers
+        fields: dict[str, Any] = {
+            "http.request.method": info.method,
+            "url.path": info.path,
+            "url.scheme": info.scheme,
+        }
+        route = self.route
+        if route is not None:
+            fields["http.route"] = route
+        fields["http.response.status_code"] = status
+        fields["duration_ms"] = duration_ms
+        value = headers.get("content-type")
+        if value is not None:
+            fields["http.request.header.content-type"] = value
+        value = headers.get("content-length")
+        if value is not None and value.isdigit():
+            fields["http.request.body.size"] = int(value)
+        if self.response_content_type is not None:
+            fields["http.response.header.content-type"] = self.response_content_type
+        size = self.response_bytes
+        if size == 0 and self.response_content_length is not None:
+            length = self.response_content_length
+            if length.isdigit():
+                size = int(length)
+        fields["http.response.body.size"] = size
+        if info.client is not None:
+            fields["client.address"] = info.client
+        value = headers.get("user-agent")
+        if value is not None:
+            fields["user_agent.original"] = value
+        if self.error_type is not None:
+            fields["error.type"] = self.error_type
+        record = logger.makeRecord(
+            ACCESS_LOGGER,
+            level,
+            "",
+            0,
+            f"{info.method} {info.path} {status}",
+            (),
+            None,
+            None,
+            fields,
+        )
+        logger.handle(record)

@@ -1,0 +1,169 @@
+"""ASGI middleware: request IDs, context and the access line for any ASGI app.
+
+::
+
+    from observekit.asgi import ObservabilityMiddleware
+    app = ObservabilityMiddleware(app, config=observekit.Config(service_name="shop"))
+    # or, in Starlette / FastAPI:
+    app.add_middleware(ObservabilityMiddleware, config=...)
+
+Pure ASGI (no ``BaseHTTPMiddleware``): the body streams through chunk by
+chunk, the request ends when the application returns, and per-request state
+lives in ``__call__``'s locals. ``http`` is instrumented; a ``websocket``
+connection gets a request ID in its context and on its ``websocket.accept``;
+``lifespan`` and anything else pass through untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ._config import Config
+from ._context import _current, leave
+from ._core import ERROR_BODY, Exchange, Observer, RequestInfo
+from ._types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["ObservabilityMiddleware"]
+
+
+class ObservabilityMiddleware:
+    """Wrap an ASGI application with request IDs, context and JSON access lines.
+
+    :param app: the ASGI application.
+    :param config: a :class:`observekit.Config`; default ``Config()``.
+    """
+
+    def __init__(self, app: ASGIApp, *, config: Config | None = None) -> None:
+        self.app = app
+        self.config = Config() if config is None else config
+        self.observer = Observer(self.config)
+        self._wanted = {name.encode("latin-1"): name for name in self.observer.header_names}
+        self._header = self.observer.response_header_lower.encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type == "http":
+            await self._http(scope, receive, send)
+        elif scope_type == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _headers(self, scope: Scope) -> dict[str, str]:
+        wanted = self._wanted
+        headers: dict[str, str] = {}
+        for key, value in scope["headers"]:
+            name = wanted.get(key)
+            if name is not None and name not in headers:
+                headers[name] = value.decode("latin-1")
+        return headers
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        observer = self.observer
+        try:
+            client = scope.get("client")
+            exchange = observer.begin(
+                RequestInfo(
+                    scope["method"],
+                    scope["path"],
+                    self._headers(scope),
+                    scheme=scope.get("scheme", "http"),
+                    client=client[0] if client else None,
+                )
+            )
+        except Exception:
+            observer.internal_error("starting the request failed")
+            await self.app(scope, receive, send)
+            return
+
+        header = self._header
+        id_header = (header, exchange.request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            message_type = message["type"]
+            if message_type == "http.response.body":
+                exchange.response_bytes += len(message.get("body", b""))
+            elif message_type == "http.response.start":
+                _response_started(exchange, message, header, id_header)
+            await send(message)
+
+        token = exchange.enter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException as exc:
+            exchange.fail(exc)
+            if exchange.status is None and isinstance(exc, Exception):
+                await _send_error(exchange, send, id_header)
+            raise
+        finally:
+            exchange.finish()
+            exchange.exit(token)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            context = self.observer.context_for(self._headers(scope))
+        except Exception:
+            self.observer.internal_error("starting the websocket connection failed")
+            context = None
+        if context is None:
+            await self.app(scope, receive, send)
+            return
+        id_header = (self._header, context.request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "websocket.accept":
+                headers = [
+                    (k, v) for k, v in message.get("headers") or () if k.lower() != id_header[0]
+                ]
+                headers.append(id_header)
+                message["headers"] = headers
+            await send(message)
+
+        token = _current.set(context)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            leave(token)
+
+
+def _response_started(
+    exchange: Exchange, message: Message, header: bytes, id_header: tuple[bytes, bytes]
+) -> None:
+    try:
+        headers = message.get("headers") or ()
+        content_type = content_length = None
+        duplicate = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-type":
+                content_type = value.decode("latin-1")
+            elif lower == b"content-length":
+                content_length = value.decode("latin-1")
+            elif lower == header:
+                duplicate = True
+        if duplicate:
+            headers = [h for h in headers if h[0].lower() != header]
+        message["headers"] = [*headers, id_header]
+        exchange.response_started(message["status"], content_type, content_length)
+    except Exception:
+        exchange.observer.internal_error("reading the response headers failed")
+
+
+async def _send_error(exchange: Exchange, send: Send, id_header: tuple[bytes, bytes]) -> None:
+    """Answer 500 with the request ID when the app raised before starting a response."""
+    exchange.response_started(500, "text/plain; charset=utf-8", str(len(ERROR_BODY)))
+    # If the client is gone the send fails; the app's exception is what gets raised.
+    with contextlib.suppress(Exception):
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(ERROR_BODY)).encode()),
+                    id_header,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": ERROR_BODY})
+        exchange.response_bytes += len(ERROR_BODY)

@@ -1,0 +1,295 @@
+"""JSON log lines on stdout, carrying the request ID, built on python-json-logger.
+
+Three ways in:
+
+* ``observekit.logging.configure()`` points the root logger at stdout, one JSON
+  object per line.
+* ``JsonFormatter`` and ``ContextFilter`` for your own ``logging.config.dictConfig``
+  (``{"()": "observekit.logging.JsonFormatter"}``), or the whole dict from
+  :func:`dict_config`.
+* Any other formatter can use ``%(request_id)s`` once ``ContextFilter`` is on its handler.
+
+A line looks like::
+
+    {"timestamp": "2026-11-25T07:11:00.123456Z", "level": "INFO", "logger": "app",
+     "message": "charged card", "request_id": "4bf92f35...", "order": 42,
+     "service.name": "checkout", "service.version": "1f3c9a2b7d10",
+     "deployment.environment": "prod"}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+from pythonjsonlogger.json import JsonEncoder
+from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
+
+from ._config import Config
+from ._context import RequestContext, current
+
+__all__ = ["ContextFilter", "JsonFormatter", "configure", "dict_config"]
+
+_MISSING: Any = object()
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "request_id",
+    "taskName",
+}
+_CORE_KEYS = frozenset({"timestamp", "level", "logger", "message", "request_id"})
+
+
+def _timestamp_formatter() -> Callable[[float], str]:
+    """RFC 3339 UTC with microseconds; the seconds part is formatted once per second."""
+    cache: list[Any] = [-1, ""]
+
+    def rfc3339(created: float) -> str:
+        sec = int(created)
+        usec = int((created - sec) * 1_000_000)
+        cached_sec, prefix = cache
+        if sec != cached_sec:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            cache[:] = [sec, prefix]
+        return f"{prefix}.{usec:06d}Z"
+
+    return rfc3339
+
+
+_rfc3339 = _timestamp_formatter()
+
+
+class JsonFormatter(_BaseJsonFormatter):
+    """One JSON object per record, with the request context and the service fields.
+
+    A python-json-logger ``JsonFormatter`` (its encoder turns datetimes,
+    exceptions, dataclasses, enums and bytes into JSON), with a fixed field
+    layout: ``timestamp``, ``level``, ``logger``, ``message``, ``request_id``,
+    the ``extra=`` and :func:`observekit.bind` fields, ``exception.*`` when the
+    record carries one, then ``service.name``, ``service.version``,
+    ``deployment.environment`` and ``deployment.id``. ``fmt`` is accepted for
+    ``dictConfig`` compatibility and ignored.
+
+    A value the encoder cannot serialize is written as its ``repr``; a record
+    that still cannot be formatted becomes a line saying so, never an exception.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        config: Config | None = None,
+        static_fields: Mapping[str, Any] | None = None,
+        json_default: Callable[[Any], Any] | None = None,
+        json_encoder: type[json.JSONEncoder] | None = None,
+        json_ensure_ascii: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            *args,
+            static_fields=dict(static_fields or {}),
+            json_default=json_default,
+            json_encoder=json_encoder,
+            json_ensure_ascii=json_ensure_ascii,
+            **kwargs,
+        )
+        if config is None:
+            config = Config.from_env()
+        self.config = config
+        service: dict[str, Any] = {
+            "service.name": config.service_name,
+            "service.version": config.resolved_service_version(),
+            "deployment.environment": config.environment or "unknown",
+        }
+        if config.deployment_id is not None:
+            service["deployment.id"] = config.deployment_id
+        service.update(self.static_fields)
+        encoder_cls = json_encoder or JsonEncoder
+        self._encoder = encoder_cls(
+            ensure_ascii=json_ensure_ascii, allow_nan=False, default=json_default
+        )
+        # Fixed fields are serialized once and appended to every line.
+        self._suffix = ", " + self._encoder.encode(service)[1:]
+        self._skip = _RECORD_ATTRS | frozenset(service)
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            return self._format(record)
+        except Exception as exc:  # a formatter must not raise into the logging call
+            return (
+                self._encoder.encode(
+                    {
+                        "timestamp": _rfc3339(time.time()),
+                        "level": "ERROR",
+                        "logger": "observekit.logging",
+                        "message": "log record could not be formatted",
+                        "error.type": type(exc).__name__,
+                        "log.logger": _safe_str(getattr(record, "name", None)),
+                    }
+                )[:-1]
+                + self._suffix
+            )
+
+    def _format(self, record: logging.LogRecord) -> str:
+        attrs = record.__dict__
+        out: dict[str, Any] = {
+            "timestamp": _rfc3339(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        ctx: RequestContext | None = attrs.get("_observekit_ctx", _MISSING)
+        if ctx is _MISSING:
+            ctx = current()
+        if ctx is not None:
+            out["request_id"] = ctx.request_id
+        else:
+            rid = attrs.get("request_id")
+            if rid is not None and rid != "-":
+                out["request_id"] = rid
+        skip = self._skip
+        for key, value in attrs.items():
+            if key not in skip and key[0] != "_":
+                out[key if key not in _CORE_KEYS else "extra." + key] = value
+        if ctx is not None and ctx.fields:
+            # bind() fields come after extra= and never replace a field of this call.
+            for key, value in ctx.fields.items():
+                if key in _CORE_KEYS:
+                    key = "extra." + key
+                if key not in out:
+                    out[key] = value
+        if record.exc_info:
+            exc = record.exc_info[1]
+            if exc is not None:
+                out["exception.type"] = _qualified_name(type(exc))
+                out["exception.message"] = _safe_str(exc)
+            if not record.exc_text:
+                record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exception.stacktrace"] = record.exc_text
+        if record.stack_info:
+            out["stack_info"] = self.formatStack(record.stack_info)
+        try:
+            body = self._encoder.encode(out)
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            body = self._encoder.encode({key: self._safe_value(v) for key, v in out.items()})
+        return self.prefix + body[:-1] + self._suffix
+
+    def _safe_value(self, value: Any) -> Any:
+        try:
+            self._encoder.encode(value)
+        except Exception:
+            return _safe_str(value, use_repr=True)
+        return value
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        return "".join(traceback.format_exception(*ei)).rstrip("\n")
+
+
+def _qualified_name(cls: type) -> str:
+    module = cls.__module__
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+def _safe_str(value: object, *, use_repr: bool = False) -> str:
+    try:
+        return repr(value) if use_repr else str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+class ContextFilter(logging.Filter):
+    """Captures the request context on the record, on the thread that logs.
+
+    Put it on a handler so that ``%(request_id)s`` works in plain-text formats
+    and so that the context survives handlers that format later on another
+    thread (``QueueHandler``). It never drops a record. Outside a request,
+    ``request_id`` is ``"-"`` for text formats; the JSON formatter omits it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        with contextlib.suppress(Exception):  # a filter that raises would break the log call
+            attrs = record.__dict__
+            if "_observekit_ctx" not in attrs:
+                ctx = current()
+                attrs["_observekit_ctx"] = ctx
+                if ctx is not None:
+                    attrs["request_id"] = ctx.request_id
+                elif "request_id" not in attrs:
+                    attrs["request_id"] = "-"
+        return True
+
+
+_HANDLER_MARK = "_observekit_configured"
+
+
+def configure(
+    config: Config | None = None,
+    *,
+    level: str | int | None = None,
+    stream: IO[str] | None = None,
+    replace: bool = True,
+) -> logging.Handler:
+    """Send the root logger to stdout as one JSON object per line.
+
+    ``config`` supplies the service fields and the level (default
+    ``Config.from_env()``); ``level`` overrides it. With ``replace`` (the
+    default) the root logger's existing handlers are removed, as
+    ``logging.basicConfig(force=True)`` does, so nothing else writes to the
+    same stream; calling it again replaces its own handler either way.
+    Returns the handler it installed.
+    """
+    if config is None:
+        config = Config.from_env()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if replace or getattr(handler, _HANDLER_MARK, False):
+            root.removeHandler(handler)
+            if getattr(handler, _HANDLER_MARK, False):
+                handler.close()
+    handler = logging.StreamHandler(sys.stdout if stream is None else stream)
+    handler.setFormatter(JsonFormatter(config=config))
+    handler.addFilter(ContextFilter())
+    setattr(handler, _HANDLER_MARK, True)
+    root.addHandler(handler)
+    root.setLevel(level if level is not None else config.log_level)
+    return handler
+
+
+def dict_config(config: Config | None = None, *, level: str | None = None) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` dict equivalent to :func:`configure`.
+
+    For frameworks that take a logging dict (Django's ``LOGGING``, uvicorn's
+    ``log_config``). The service fields come from ``config`` or, when it is
+    ``None``, from the environment when the formatter is built.
+    """
+    formatter: dict[str, Any] = {"()": "observekit.logging.JsonFormatter"}
+    if config is not None:
+        formatter["config"] = config
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"observekit_context": {"()": "observekit.logging.ContextFilter"}},
+        "formatters": {"observekit_json": formatter},
+        "handlers": {
+            "observekit_stdout": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stdout",
+                "formatter": "observekit_json",
+                "filters": ["observekit_context"],
+            }
+        },
+        "root": {
+            "handlers": ["observekit_stdout"],
+            "level": level or (config.log_level if config is not None else "INFO"),
+        },
+    }

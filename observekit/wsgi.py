@@ -1,0 +1,233 @@
+"""WSGI middleware (PEP 3333): request IDs, context and the access line for any WSGI app.
+
+::
+
+    from observekit.wsgi import ObservabilityMiddleware
+    app = ObservabilityMiddleware(app, config=observekit.Config(service_name="shop"))
+
+A request ends when the server calls ``close()`` on the response iterable, not
+when the application returns; the request context is re-entered for every
+chunk and for ``close()``, so streamed bodies log with the request's ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ._config import Config
+from ._core import ERROR_BODY, Exchange, Observer, RequestInfo
+from ._types import OptExcInfo, StartResponse, WSGIApp, WSGIEnviron
+
+__all__ = ["ObservabilityMiddleware"]
+
+_ERROR_STATUS = "500 Internal Server Error"
+# CGI names: these two arrive without the HTTP_ prefix.
+_CGI_KEYS = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
+class ObservabilityMiddleware:
+    """Wrap a WSGI application with request IDs, context and JSON access lines.
+
+    :param app: the WSGI application.
+    :param config: a :class:`observekit.Config`; default ``Config()``.
+    """
+
+    def __init__(self, app: WSGIApp, *, config: Config | None = None) -> None:
+        self.app = app
+        self.config = Config() if config is None else config
+        self.observer = Observer(self.config)
+        self._environ_keys = tuple(
+            (name, _CGI_KEYS.get(name) or "HTTP_" + name.upper().replace("-", "_"))
+            for name in self.observer.header_names
+        )
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        observer = self.observer
+        try:
+            headers = {}
+            for name, key in self._environ_keys:
+                value = environ.get(key)
+                if value is not None:
+                    headers[name] = value
+            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            if not path.isascii():
+                # PEP 3333 hands over raw bytes as latin-1; the URL path is UTF-8.
+                path = path.encode("latin-1").decode("utf-8", "replace")
+            exchange = observer.begin(
+                RequestInfo(
+                    environ.get("REQUEST_METHOD", "GET"),
+                    path,
+                    headers,
+                    scheme=environ.get("wsgi.url_scheme", "http"),
+                    client=environ.get("REMOTE_ADDR"),
+                )
+            )
+        except Exception:
+            observer.internal_error("starting the request failed")
+            body: Iterable[bytes] = self.app(environ, start_response)
+            return body
+
+        response = _Response(exchange, start_response)
+        token = exchange.enter()
+        try:
+            result = self.app(environ, response.start_response)
+        except BaseException as exc:
+            exchange.fail(exc)
+            if not isinstance(exc, Exception) or not response.replace_with_error(exc):
+                exchange.finish()
+                raise
+            return response
+        finally:
+            exchange.exit(token)
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is not None and _is_instance(result, wrapper):
+            return _pass_file_through(result, exchange, response)
+        response.body = result
+        return response
+
+
+def _is_instance(obj: object, cls: object) -> bool:
+    # uWSGI's file_wrapper is a function, not a class.
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def _pass_file_through(result: Any, exchange: Exchange, response: _Response) -> Iterable[bytes]:
+    """Return the server's own file wrapper (so it can sendfile) with ``close`` hooked."""
+    original_close: Callable[[], object] | None = getattr(result, "close", None)
+    closed = False
+
+    def close() -> None:
+        nonlocal closed
+        if closed:
+            return
+        closed = True
+        token = exchange.enter()
+        try:
+            if original_close is not None:
+                original_close()
+        finally:
+            exchange.finish()
+            exchange.exit(token)
+
+    try:
+        result.close = close
+    except AttributeError:  # a slotted wrapper: give up sendfile rather than the access line
+        response.body = result
+        return response
+    file_response: Iterable[bytes] = result
+    return file_response
+
+
+class _Response:
+    """The response iterable handed to the server; the request ends in ``close()``.
+
+    ``start_response`` adds the request-ID header; ``__next__`` runs each chunk
+    of the application's body inside the request context; ``close()`` closes
+    the application's iterable exactly once and then finishes the exchange.
+    """
+
+    __slots__ = ("_closed", "_exchange", "_iterator", "_pending", "_start_response", "body")
+
+    def __init__(self, exchange: Exchange, start_response: StartResponse) -> None:
+        self._exchange = exchange
+        self._start_response = start_response
+        self.body: Iterable[bytes] = ()
+        self._iterator: Iterator[bytes] | None = None
+        self._pending: BaseException | None = None
+        self._closed = False
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: OptExcInfo | None = None,
+    ) -> Callable[[bytes], object]:
+        exchange = self._exchange
+        try:
+            rid_name = exchange.observer.response_header_lower
+            content_type = content_length = None
+            duplicate = False
+            for name, value in headers:
+                lower = name.lower()
+                if lower == "content-type":
+                    content_type = value
+                elif lower == "content-length":
+                    content_length = value
+                elif lower == rid_name:
+                    duplicate = True
+            if duplicate:
+                headers = [h for h in headers if h[0].lower() != rid_name]
+            headers = [*headers, (exchange.observer.response_header, exchange.request_id)]
+            exchange.response_started(int(status[:3]), content_type, content_length)
+        except Exception:
+            exchange.observer.internal_error("reading the response headers failed")
+        return self._start_response(status, headers, exc_info)
+
+    def replace_with_error(self, exc: Exception) -> bool:
+        """Answer 500 (with the request ID) in place of a response not yet sent.
+
+        The application's exception is raised again right after the 500 body,
+        so the server still sees it. False when the headers are already out.
+        """
+        exchange = self._exchange
+        try:
+            self._start_response(
+                _ERROR_STATUS,
+                [
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(ERROR_BODY))),
+                    (exchange.observer.response_header, exchange.request_id),
+                ],
+                (type(exc), exc, exc.__traceback__),
+            )
+        except BaseException:
+            return False  # PEP 3333: the server re-raises when headers were already sent
+        exchange.response_started(500, "text/plain; charset=utf-8", str(len(ERROR_BODY)))
+        self._iterator = iter((ERROR_BODY,))
+        self._pending = exc
+        return True
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        exchange = self._exchange
+        token = exchange.enter()
+        try:
+            iterator = self._iterator
+            if iterator is None:
+                iterator = self._iterator = iter(self.body)
+            chunk = next(iterator)
+        except StopIteration:
+            pending = self._pending
+            if pending is not None:
+                self._pending = None
+                raise pending from None
+            raise
+        except Exception as exc:
+            exchange.fail(exc)
+            if exchange.response_bytes == 0 and self.replace_with_error(exc):
+                return self.__next__()
+            raise
+        finally:
+            exchange.exit(token)
+        exchange.response_bytes += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        exchange = self._exchange
+        token = exchange.enter()
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        except Exception as exc:
+            exchange.fail(exc)
+            raise
+        finally:
+            exchange.finish()
+            exchange.exit(token)
