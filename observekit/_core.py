@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import threading
 import time
@@ -32,6 +33,58 @@ _perf_counter = time.perf_counter
 _random = random.random
 _INFO = logging.INFO
 _ERROR = logging.ERROR
+
+
+class _RecordMaker:
+    """Builds the access logger's records from a template, without ``LogRecord.__init__``.
+
+    The stock constructor spends most of its time on what is constant for a
+    line observekit writes (source path, module, process name); copying those
+    from a template halves the cost. The result is an ordinary ``LogRecord``
+    with every standard attribute, which any handler or formatter accepts. It
+    does not go through ``logging.setLogRecordFactory``.
+    """
+
+    _DYNAMIC = ("created", "msecs", "relativeCreated", "thread", "threadName", "process")
+
+    def __init__(self, name: str) -> None:
+        self._templates = {
+            level: self._template(name, level) for level in (logging.DEBUG, _INFO, _ERROR)
+        }
+        self._start: float = getattr(logging, "_startTime", time.time())
+        self._pid = os.getpid()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._pid = os.getpid()
+
+    def _template(self, name: str, level: int) -> dict[str, Any]:
+        attrs = dict(logging.LogRecord(name, level, "", 0, "", (), None).__dict__)
+        for key in self._DYNAMIC:
+            attrs.pop(key, None)
+        return attrs
+
+    def __call__(self, level: int, msg: str) -> tuple[logging.LogRecord, dict[str, Any]]:
+        """A new record and its attribute dict, for the caller to add its fields to."""
+        record = _new_record(logging.LogRecord)
+        attrs = record.__dict__
+        attrs.update(self._templates[level])
+        now = time.time()
+        attrs["created"] = now
+        attrs["msecs"] = int((now - int(now)) * 1000) + 0.0
+        attrs["relativeCreated"] = (now - self._start) * 1000
+        attrs["thread"] = _get_ident()
+        attrs["threadName"] = _current_thread().name if logging.logThreads else None
+        attrs["process"] = self._pid if logging.logProcesses else None
+        attrs["msg"] = msg
+        # Tells observekit's formatter how many leading attributes are not extra fields.
+        attrs["_observekit_extras_at"] = len(attrs) + 1
+        return record, attrs
+
+
+_new_record = object.__new__
+_get_ident = threading.get_ident
+_current_thread = threading.current_thread
 
 
 class RequestInfo:
@@ -114,6 +167,7 @@ class Observer:
         self.header_names: tuple[str, ...] = tuple(dict.fromkeys(names))
         """Lowercase request headers the core reads; adapters supply at least these."""
         self.access_logger = logging.getLogger(ACCESS_LOGGER)
+        self.make_record = _RecordMaker(ACCESS_LOGGER)
         self.logger = logging.getLogger(LOGGER)
         self._rejections = _Every(10.0)
         self._internal = _Every(10.0)
@@ -357,12 +411,11 @@ class Exchange:
         if not logger.isEnabledFor(level):
             return
         duration_ms = round((_perf_counter() - self.start) * 1000.0, 3)
+        record, fields = observer.make_record(level, f"{info.method} {info.path} {status}")
         headers = info.headers
-        fields: dict[str, Any] = {
-            "http.request.method": info.method,
-            "url.path": info.path,
-            "url.scheme": info.scheme,
-        }
+        fields["http.request.method"] = info.method
+        fields["url.path"] = info.path
+        fields["url.scheme"] = info.scheme
         route = self.route
         if route is not None:
             fields["http.route"] = route
@@ -389,15 +442,4 @@ class Exchange:
             fields["user_agent.original"] = value
         if self.error_type is not None:
             fields["error.type"] = self.error_type
-        record = logger.makeRecord(
-            ACCESS_LOGGER,
-            level,
-            "",
-            0,
-            f"{info.method} {info.path} {status}",
-            (),
-            None,
-            None,
-            fields,
-        )
         logger.handle(record)

@@ -19,13 +19,15 @@ A line looks like::
 
 from __future__ import annotations
 
-import contextlib
 import json
+import json.encoder
 import logging
 import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from itertools import islice
+from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import IO, Any
 
 from pythonjsonlogger.json import JsonEncoder
@@ -115,9 +117,36 @@ class JsonFormatter(_BaseJsonFormatter):
         self._encoder = encoder_cls(
             ensure_ascii=json_ensure_ascii, allow_nan=False, default=json_default
         )
+        self._iterencode = self._make_iterencode()
         # Fixed fields are serialized once and appended to every line.
         self._suffix = ", " + self._encoder.encode(service)[1:]
         self._skip = _RECORD_ATTRS | frozenset(service)
+
+    def _make_iterencode(self) -> Callable[[Any, int], list[str]] | None:
+        """A reusable C encoder: ``JSONEncoder.encode`` builds a new one on every call."""
+        enc = self._encoder
+        # None on interpreters without the C accelerator (PyPy): fall back to encode().
+        c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+        if c_make_encoder is None or type(enc).encode is not json.JSONEncoder.encode:
+            return None
+        escape = encode_basestring_ascii if enc.ensure_ascii else encode_basestring
+        made: Callable[[Any, int], list[str]] = c_make_encoder(
+            {}, enc.default, escape, None, ": ", ", ", False, False, False
+        )
+        return made
+
+    def _encode(self, data: dict[str, Any]) -> str:
+        iterencode = self._iterencode
+        if iterencode is None:
+            return self._encoder.encode(data)[:-1] + self._suffix
+        try:
+            chunks = iterencode(data, 0)
+        except BaseException:
+            # The encoder's cycle markers may be left dirty by a failure: start afresh.
+            self._iterencode = self._make_iterencode()
+            raise
+        body = chunks[0] if len(chunks) == 1 else "".join(chunks)
+        return body[:-1] + self._suffix
 
     def format(self, record: logging.LogRecord) -> str:
         try:
@@ -155,7 +184,11 @@ class JsonFormatter(_BaseJsonFormatter):
             if rid is not None and rid != "-":
                 out["request_id"] = rid
         skip = self._skip
-        for key, value in attrs.items():
+        start = attrs.get("_observekit_extras_at", 0)
+        items = iter(attrs.items())
+        if start:
+            next(islice(items, start, start), None)  # skip the record's own attributes, in C
+        for key, value in items:
             if key not in skip and key[0] != "_":
                 out[key if key not in _CORE_KEYS else "extra." + key] = value
         if ctx is not None and ctx.fields:
@@ -177,10 +210,10 @@ class JsonFormatter(_BaseJsonFormatter):
         if record.stack_info:
             out["stack_info"] = self.formatStack(record.stack_info)
         try:
-            body = self._encoder.encode(out)
+            line = self._encode(out)
         except (TypeError, ValueError, OverflowError, RecursionError):
-            body = self._encoder.encode({key: self._safe_value(v) for key, v in out.items()})
-        return self.prefix + body[:-1] + self._suffix
+            line = self._encode({key: self._safe_value(v) for key, v in out.items()})
+        return self.prefix + line if self.prefix else line
 
     def _safe_value(self, value: Any) -> Any:
         try:
@@ -217,7 +250,7 @@ class ContextFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        with contextlib.suppress(Exception):  # a filter that raises would break the log call
+        try:
             attrs = record.__dict__
             if "_observekit_ctx" not in attrs:
                 ctx = current()
@@ -226,6 +259,8 @@ class ContextFilter(logging.Filter):
                     attrs["request_id"] = ctx.request_id
                 elif "request_id" not in attrs:
                     attrs["request_id"] = "-"
+        except Exception:  # a filter that raises would break the caller's log call
+            return True
         return True
 
 
@@ -257,8 +292,9 @@ def configure(
             if getattr(handler, _HANDLER_MARK, False):
                 handler.close()
     handler = logging.StreamHandler(sys.stdout if stream is None else stream)
+    # No ContextFilter needed: this handler formats on the logging thread, where
+    # the formatter reads the context itself.
     handler.setFormatter(JsonFormatter(config=config))
-    handler.addFilter(ContextFilter())
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
     root.setLevel(level if level is not None else config.log_level)

@@ -7,6 +7,7 @@ import json
 import logging
 import logging.config
 import logging.handlers
+import os
 import queue
 import re
 import threading
@@ -358,19 +359,42 @@ def test_request_received_line_at_debug(logs: LogCapture) -> None:
 def test_no_record_built_when_access_logger_is_disabled(
     logs: LogCapture, config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A level that drops access lines means no record is even built for them."""
+    """A level that drops access lines means no access record is even built."""
+    built: list[int] = []
+    original = core._RecordMaker.__call__
+
+    def spy(self: core._RecordMaker, level: int, msg: str) -> tuple[logging.LogRecord, Any]:
+        built.append(level)
+        return original(self, level, msg)
+
+    monkeypatch.setattr(core._RecordMaker, "__call__", spy)
+    app = ObservabilityMiddleware(ok_app, config=config)
+    call(app)
+    assert built == [logging.INFO]  # the spy sees records while the logger is enabled
     logging.getLogger("observekit.access").setLevel(logging.WARNING)
-    built = []
-    original = logging.Logger.makeRecord
+    call(app)
+    assert built == [logging.INFO]
+    assert len(logs.access()) == 1
 
-    def spy(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
-        built.append(self.name)
-        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(logging.Logger, "makeRecord", spy)
-    call(ObservabilityMiddleware(ok_app, config=config))
-    assert "observekit.access" not in built
-    assert logs.access() == []
+def test_access_record_is_a_complete_log_record(logs: LogCapture, config: Config) -> None:
+    """Access records carry every standard LogRecord attribute, so stock formatters can use them."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(name)s %(levelname)s %(levelno)s %(pathname)s %(filename)s %(module)s "
+            "%(lineno)d %(funcName)s %(created)f %(msecs)d %(relativeCreated)d %(thread)d "
+            "%(threadName)s %(process)d %(processName)s %(message)s %(url.path)s"
+        )
+    )
+    logging.getLogger("observekit.access").addHandler(handler)
+    call(ObservabilityMiddleware(ok_app, config=config), "/p")
+    text = stream.getvalue()
+    assert " observekit.access INFO 20 " in text
+    assert text.rstrip().endswith("GET /p 200 /p")
+    assert f" {os.getpid()} " in text
+    assert threading.current_thread().name in text
 
 
 def test_unhandled_exception_logged_once_then_reraised(logs: LogCapture, config: Config) -> None:
