@@ -230,9 +230,14 @@ class Observer:
     def context_for(self, headers: Mapping[str, str]) -> RequestContext:
         """A context for a connection that is not an HTTP request (a websocket)."""
         rid, rejected = self.choose_request_id(headers)
+        context = RequestContext(rid)
         if rejected is not None:
-            self.warn_rejected(rejected, rid)
-        return RequestContext(rid)
+            token = _current.set(context)
+            try:
+                self.warn_rejected(rejected, rid)
+            finally:
+                leave(token)
+        return context
 
     def warn_rejected(self, rejected: tuple[str, str], new_id: str) -> None:
         """WARNING about an unusable incoming ID: header and reason, never the value."""
@@ -276,6 +281,7 @@ class Exchange:
 
     __slots__ = (
         "_rejected",
+        "cancelled",
         "context",
         "error_type",
         "finished",
@@ -307,6 +313,7 @@ class Exchange:
         self.response_content_length: str | None = None
         self.response_bytes = 0
         self.error_type: str | None = None
+        self.cancelled = False
         self.finished = False
         self._rejected = rejected
         self.start = _perf_counter()
@@ -363,7 +370,10 @@ class Exchange:
             cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
         )
         if not isinstance(exc, Exception):
-            return  # cancellation, KeyboardInterrupt, SystemExit: not an application error
+            # Cancellation (the client left, the server shuts down), KeyboardInterrupt,
+            # SystemExit: the request was abandoned, the application did not fail.
+            self.cancelled = True
+            return
         info = self.info
         token = _current.set(self.context)
         try:
@@ -402,8 +412,9 @@ class Exchange:
             return
         status = self.status
         if status is None:
-            status = 500 if self.error_type is not None else 0
-        failed = status >= 500 or self.error_type is not None
+            # 499: nginx's "client closed request", for a request abandoned before a response.
+            status = 499 if self.cancelled else 500 if self.error_type is not None else 0
+        failed = status >= 500 or (self.error_type is not None and not self.cancelled)
         if not failed and not observer._sample_all and _random() >= observer._sample_ratio:
             return
         level = _ERROR if failed else _INFO

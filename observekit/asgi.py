@@ -111,7 +111,8 @@ class ObservabilityMiddleware:
         id_header = (self._header, context.request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
-            if message["type"] == "websocket.accept":
+            # The accept, or the HTTP response that denies the connection.
+            if message["type"] in ("websocket.accept", "websocket.http.response.start"):
                 headers = [
                     (k, v) for k, v in message.get("headers") or () if k.lower() != id_header[0]
                 ]

@@ -130,8 +130,10 @@ class JsonFormatter(_BaseJsonFormatter):
         if c_make_encoder is None or type(enc).encode is not json.JSONEncoder.encode:
             return None
         escape = encode_basestring_ascii if enc.ensure_ascii else encode_basestring
+        # markers=None: no shared cycle-tracking dict, so one encoder is safe across
+        # threads; a cycle then ends in RecursionError, which format() handles.
         made: Callable[[Any, int], list[str]] = c_make_encoder(
-            {}, enc.default, escape, None, ": ", ", ", False, False, False
+            None, enc.default, escape, None, ": ", ", ", False, False, False
         )
         return made
 
@@ -139,12 +141,7 @@ class JsonFormatter(_BaseJsonFormatter):
         iterencode = self._iterencode
         if iterencode is None:
             return self._encoder.encode(data)[:-1] + self._suffix
-        try:
-            chunks = iterencode(data, 0)
-        except BaseException:
-            # The encoder's cycle markers may be left dirty by a failure: start afresh.
-            self._iterencode = self._make_iterencode()
-            raise
+        chunks = iterencode(data, 0)
         body = chunks[0] if len(chunks) == 1 else "".join(chunks)
         return body[:-1] + self._suffix
 

@@ -193,6 +193,7 @@ class _Response:
 
     def __next__(self) -> bytes:
         exchange = self._exchange
+        pending: BaseException | None = None
         token = exchange.enter()
         try:
             iterator = self._iterator
@@ -200,11 +201,10 @@ class _Response:
                 iterator = self._iterator = iter(self.body)
             chunk = next(iterator)
         except StopIteration:
-            pending = self._pending
-            if pending is not None:
-                self._pending = None
-                raise pending from None
-            raise
+            pending, self._pending = self._pending, None
+            if pending is None:
+                raise
+            chunk = b""
         except Exception as exc:
             exchange.fail(exc)
             if exchange.response_bytes == 0 and self.replace_with_error(exc):
@@ -212,6 +212,10 @@ class _Response:
             raise
         finally:
             exchange.exit(token)
+        if pending is not None:
+            # The 500 body is out: now raise the app's exception for the server, outside
+            # any except block so that its own __context__ chain is left as it was.
+            raise pending
         exchange.response_bytes += len(chunk)
         return chunk
 
