@@ -91,7 +91,9 @@ class RequestInfo:
     """The framework-neutral view of a request that the core needs.
 
     ``headers`` maps lowercase names to values and needs to hold only the names
-    in :attr:`Observer.header_names`; the first occurrence of a repeated header wins.
+    in :attr:`Observer.header_names`. Of a repeated header, ASGI passes the first
+    value; a WSGI server has already joined them with commas, and a comma is not
+    allowed in a request ID, so the joined value is rejected.
     """
 
     __slots__ = ("client", "headers", "method", "path", "route", "scheme")

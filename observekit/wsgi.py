@@ -84,6 +84,9 @@ class ObservabilityMiddleware:
         if wrapper is not None and _is_instance(result, wrapper):
             return _pass_file_through(result, exchange, response)
         response.body = result
+        if type(result) in (list, tuple):
+            # No application code runs while a list is iterated: no context to enter.
+            response.plain = True
         return response
 
 
@@ -127,7 +130,15 @@ class _Response:
     the application's iterable exactly once and then finishes the exchange.
     """
 
-    __slots__ = ("_closed", "_exchange", "_iterator", "_pending", "_start_response", "body")
+    __slots__ = (
+        "_closed",
+        "_exchange",
+        "_iterator",
+        "_pending",
+        "_start_response",
+        "body",
+        "plain",
+    )
 
     def __init__(self, exchange: Exchange, start_response: StartResponse) -> None:
         self._exchange = exchange
@@ -136,6 +147,7 @@ class _Response:
         self._iterator: Iterator[bytes] | None = None
         self._pending: BaseException | None = None
         self._closed = False
+        self.plain = False
 
     def start_response(
         self,
@@ -193,6 +205,13 @@ class _Response:
 
     def __next__(self) -> bytes:
         exchange = self._exchange
+        if self.plain:
+            iterator = self._iterator
+            if iterator is None:
+                iterator = self._iterator = iter(self.body)
+            chunk = next(iterator)
+            exchange.response_bytes += len(chunk)
+            return chunk
         pending: BaseException | None = None
         token = exchange.enter()
         try:

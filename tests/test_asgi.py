@@ -10,7 +10,7 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 import httpx
@@ -849,3 +849,29 @@ def test_websocket_denial_response_carries_the_id(config, logs):
     )
     assert header_values(messages[0], b"x-request-id") == [RID.encode()]
     assert header_values(messages[0], b"content-type") == [b"text/plain"]
+
+
+def test_sync_endpoint_and_sync_stream_in_threadpool_see_the_id(config, logs):
+    """Starlette runs sync endpoints and sync body iterators in a threadpool; both see the request ID."""
+    seen: list[str | None] = []
+
+    def sync_endpoint(request: Request) -> StreamingResponse:
+        seen.append(get_request_id())
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(3):
+                seen.append(get_request_id())
+                logging.getLogger("app").info("chunk %d", i)
+                yield b"x"
+
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    app = Starlette(routes=[Route("/sync", sync_endpoint)])
+    with TestClient(ObservabilityMiddleware(app, config=config)) as client:
+        response = client.get("/sync", headers={"X-Request-ID": RID})
+    assert response.text == "xxx"
+    assert seen == [RID] * 4
+    assert [line["request_id"] for line in logs.by_logger("app")] == [RID] * 3
+    (access,) = logs.access()
+    assert access["request_id"] == RID
+    assert access["http.response.body.size"] == 3

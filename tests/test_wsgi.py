@@ -27,6 +27,8 @@ from observekit import get_request_id, is_valid_request_id
 from observekit._core import ERROR_BODY
 from observekit.wsgi import ObservabilityMiddleware
 
+from .util import call as plain_call
+
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
@@ -834,3 +836,17 @@ def test_broken_surroundings_never_change_the_response(config, logs, hostile):
     assert (received["level"], access["level"]) == ("DEBUG", "INFO")
     assert received["request_id"] == access["request_id"] == rid
     assert (middleware.observer.internal_errors > 0) is hostile.internal
+
+
+def test_comma_joined_request_id_is_rejected(logs):
+    """Repeated X-Request-ID lines reach WSGI joined by a comma: invalid, so a new ID is generated."""
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    result = plain_call(ObservabilityMiddleware(app), headers={"X-Request-ID": "first-1, second-2"})
+    (rid,) = result.header_values("X-Request-ID")
+    assert is_valid_request_id(rid)
+    assert "first-1" not in logs.text
+    assert "second-2" not in logs.text
