@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -52,11 +53,8 @@ class _RecordMaker:
             level: self._template(name, level) for level in (logging.DEBUG, _INFO, _ERROR)
         }
         self._start: float = getattr(logging, "_startTime", time.time())
-        self._pid = os.getpid()
-        os.register_at_fork(after_in_child=self._after_fork)
-
-    def _after_fork(self) -> None:
-        self._pid = os.getpid()
+        # Python 3.12 records carry the asyncio task's name; it differs per record.
+        self._tasks = "taskName" in self._templates[_INFO]
 
     def _template(self, name: str, level: int) -> dict[str, Any]:
         attrs = dict(logging.LogRecord(name, level, "", 0, "", (), None).__dict__)
@@ -75,16 +73,42 @@ class _RecordMaker:
         attrs["relativeCreated"] = (now - self._start) * 1000
         attrs["thread"] = _get_ident()
         attrs["threadName"] = _current_thread().name if logging.logThreads else None
-        attrs["process"] = self._pid if logging.logProcesses else None
+        attrs["process"] = _pid[0] if logging.logProcesses else None
+        if self._tasks:
+            attrs["taskName"] = _task_name()
         attrs["msg"] = msg
         # Tells observekit's formatter how many leading attributes are not extra fields.
         attrs["_observekit_extras_at"] = len(attrs) + 1
         return record, attrs
 
 
+# One fork hook for the process (not one per middleware, which would keep each alive).
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def _task_name() -> str | None:
+    if not getattr(logging, "logAsyncioTasks", False):
+        return None
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running event loop
+        return None
+    return None if task is None else task.get_name()
+
+
 _new_record = object.__new__
 _get_ident = threading.get_ident
 _current_thread = threading.current_thread
+
+
+def qualified_name(cls: type) -> str:
+    """``error.type`` for an exception class: its qualified name, with the module unless builtin."""
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 class RequestInfo:
@@ -159,6 +183,8 @@ class Observer:
         self._custom_generator = config.request_id_generator is not None
         self._generate = config.request_id_generator or generate_request_id
         self.access_log = config.access_log
+        self.ids_only = not config.access_log and not config.log_request_received
+        """Only request IDs are wanted: adapters may skip the Exchange entirely."""
         self._excluded = frozenset(config.access_log_exclude_paths)
         self._sample_all = config.access_log_sample_ratio >= 1.0
         self._sample_ratio = config.access_log_sample_ratio
@@ -189,7 +215,7 @@ class Observer:
                 return raw, None
             if rejected is None:
                 rejected = (self._header_display[name], self._reason(raw))
-        return self._new_id(), rejected
+        return self.new_id(), rejected
 
     def _accepts(self, raw: str) -> bool:
         if not self._custom_validator:
@@ -210,7 +236,8 @@ class Observer:
             return "contains control or non-ASCII characters"
         return "rejected by request_id_validator"
 
-    def _new_id(self) -> str:
+    def new_id(self) -> str:
+        """A new request ID from the configured generator (or the default when it fails)."""
         if not self._custom_generator:
             return generate_request_id()
         try:
@@ -261,6 +288,28 @@ class Observer:
             )
         except Exception:
             self.internal_error("logging a rejected request ID failed")
+
+    def log_exception(
+        self, exc: Exception, method: str, path: str, error_type: str | None = None
+    ) -> str:
+        """Log an application's exception once at ERROR with its traceback; return error.type.
+
+        Call it with the request's context current, so the line carries its ID.
+        """
+        cls = type(exc)
+        if error_type is None:
+            error_type = qualified_name(cls)
+        try:
+            self.logger.error(
+                "unhandled exception in %s %s",
+                method,
+                path,
+                exc_info=(cls, exc, exc.__traceback__),
+                extra={"http.request.method": method, "url.path": path, "error.type": error_type},
+            )
+        except Exception:
+            self.internal_error("logging an application exception failed")
+        return error_type
 
     def internal_error(self, what: str, *, exc: bool = True) -> None:
         """Count a failure inside observekit and log it at most once per 10 seconds."""
@@ -366,32 +415,15 @@ class Exchange:
         """The application raised: log it once at ERROR with its traceback."""
         if self.error_type is not None:
             return
-        cls = type(exc)
-        module = cls.__module__
-        self.error_type = (
-            cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-        )
+        self.error_type = qualified_name(type(exc))
         if not isinstance(exc, Exception):
             # Cancellation (the client left, the server shuts down), KeyboardInterrupt,
             # SystemExit: the request was abandoned, the application did not fail.
             self.cancelled = True
             return
-        info = self.info
         token = _current.set(self.context)
         try:
-            self.observer.logger.error(
-                "unhandled exception in %s %s",
-                info.method,
-                info.path,
-                exc_info=(cls, exc, exc.__traceback__),
-                extra={
-                    "http.request.method": info.method,
-                    "url.path": info.path,
-                    "error.type": self.error_type,
-                },
-            )
-        except Exception:
-            self.observer.internal_error("logging an application exception failed")
+            self.observer.log_exception(exc, self.info.method, self.info.path, self.error_type)
         finally:
             leave(token)
 

@@ -875,3 +875,83 @@ def test_sync_endpoint_and_sync_stream_in_threadpool_see_the_id(config, logs):
     (access,) = logs.access()
     assert access["request_id"] == RID
     assert access["http.response.body.size"] == 3
+
+
+BOTH_PATHS = [
+    pytest.param(observekit.Config(service_name="test-svc"), id="full"),
+    pytest.param(observekit.Config(service_name="test-svc", access_log=False), id="ids-only"),
+]
+
+
+@pytest.mark.parametrize("cfg", BOTH_PATHS)
+def test_both_paths_echo_replace_and_scope_the_id(logs, cfg):
+    """Full and ids-only paths: ID in context and echoed once, app's own header replaced, context reset."""
+    seen: list[str | None] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        seen.append(get_request_id())
+        logging.getLogger("app").info("inside")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"X-Request-ID", b"app"), TEXT],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    messages = run(ObservabilityMiddleware(app, config=cfg), http_scope(RID))
+    assert seen == [RID]
+    assert [v for k, v in starts(messages)[0]["headers"] if k.lower() == b"x-request-id"] == [
+        RID.encode()
+    ]
+    assert header_values(starts(messages)[0], b"content-type") == [b"text/plain"]
+    assert [line["request_id"] for line in logs.by_logger("app")] == [RID]
+    assert get_request_id() is None
+    assert len(logs.access()) == (1 if cfg.access_log else 0)
+
+
+@pytest.mark.parametrize("cfg", BOTH_PATHS)
+def test_both_paths_turn_an_early_exception_into_a_500_with_the_id(logs, cfg):
+    """Full and ids-only paths: an exception before the response gives a 500 with the ID, one ERROR line, the same exception."""
+    error = BoomError("early")
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        raise error
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with pytest.raises(BoomError) as info:
+        asyncio.run(
+            ObservabilityMiddleware(app, config=cfg)(http_scope("gen-1"), make_receive([]), send)
+        )
+    assert info.value is error
+    (start,) = starts(sent)
+    assert start["status"] == 500
+    assert header_values(start, b"x-request-id") == [b"gen-1"]
+    assert bodies(sent) == [ERROR_BODY]
+    (line,) = app_errors(logs)
+    assert line["request_id"] == "gen-1"
+    assert line["exception.type"].endswith("BoomError")
+
+
+@pytest.mark.parametrize("cfg", BOTH_PATHS)
+def test_both_paths_reraise_a_late_exception_without_a_second_start(logs, cfg):
+    """Full and ids-only paths: an exception after the response started is re-raised; no second start."""
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [TEXT]})
+        raise BoomError("late")
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with pytest.raises(BoomError):
+        asyncio.run(ObservabilityMiddleware(app, config=cfg)(http_scope(), make_receive([]), send))
+    assert len(starts(sent)) == 1
+    assert len(app_errors(logs)) == 1

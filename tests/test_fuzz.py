@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import string
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +30,8 @@ MARKER = "ZQXJ"
 ALLOWED = string.ascii_letters + string.digits + "-._:+=/@"
 HEADERS = ("X-Request-ID", "X-Correlation-ID")
 CONFIG = observekit.Config(service_name="fuzz-svc", service_version="0", log_request_received=True)
+# The ASGI middleware has a separate, leaner path when only request IDs are wanted.
+IDS_ONLY = observekit.Config(service_name="fuzz-svc", service_version="0", access_log=False)
 
 FUZZ = settings(
     max_examples=500,
@@ -122,11 +125,12 @@ def capture() -> io.StringIO:
 
 
 def _wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    logging.getLogger("app").info("in app")
     start_response("200 OK", [("Content-Type", "text/plain")])
     yield b"ok"
 
 
-def run_wsgi(headers: dict[str, str]) -> list[tuple[str, str]]:
+def run_wsgi(headers: dict[str, str], config: observekit.Config = CONFIG) -> list[tuple[str, str]]:
     """One request through the WSGI middleware; the response headers."""
     environ: dict[str, Any] = {"QUERY_STRING": "", "HTTP_USER_AGENT": "fuzz"}
     for name, value in headers.items():
@@ -140,7 +144,7 @@ def run_wsgi(headers: dict[str, str]) -> list[tuple[str, str]]:
         got.append(response_headers)
         return lambda data: None
 
-    result = WSGIMiddleware(_wsgi_app, config=CONFIG)(environ, start_response)
+    result = WSGIMiddleware(_wsgi_app, config=config)(environ, start_response)
     try:
         assert b"".join(result) == b"ok"
     finally:
@@ -150,6 +154,7 @@ def run_wsgi(headers: dict[str, str]) -> list[tuple[str, str]]:
 
 
 async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    logging.getLogger("app").info("in app")
     await send(
         {
             "type": "http.response.start",
@@ -160,7 +165,9 @@ async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def run_asgi(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def run_asgi(
+    headers: list[tuple[bytes, bytes]], config: observekit.Config = CONFIG
+) -> list[tuple[bytes, bytes]]:
     """One request through the ASGI middleware; the response headers."""
     scope = {
         "type": "http",
@@ -184,7 +191,7 @@ def run_asgi(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(ASGIMiddleware(_asgi_app, config=CONFIG)(scope, receive, send))
+    asyncio.run(ASGIMiddleware(_asgi_app, config=config)(scope, receive, send))
     [start] = [m for m in sent if m["type"] == "http.response.start"]
     assert b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body") == b"ok"
     return list(start["headers"])
@@ -239,10 +246,11 @@ def check_rejected(
         assert MARKER not in value
     if fallback is not None:
         assert rid == fallback
-    [access] = [
-        line for line in lines if line["logger"] == "observekit.access" and line["level"] == "INFO"
-    ]
-    assert access["request_id"] == rid
+    # Every line of the request (the app's, and the access line when there is one) has the ID.
+    [app_line] = [line for line in lines if line["logger"] == "app"]
+    assert app_line["request_id"] == rid
+    for access in [line for line in lines if line["logger"] == "observekit.access"]:
+        assert access["request_id"] == rid
     warnings = [line for line in lines if line["level"] == "WARNING"]
     # A valid value in the other header is used without a word about this one.
     assert len(warnings) == (1 if fallback is None else 0)
@@ -259,10 +267,15 @@ def _other(header: str) -> str:
 
 
 @FUZZ
-@given(value=INVALID_STR, header=st.sampled_from(HEADERS), fallback=st.none() | VALID)
-@example(value=MARKER + "\r\nX-Injected: 1", header="X-Request-ID", fallback=None)
-@example(value=MARKER + "a" * 125, header="X-Request-ID", fallback=None)
-def test_wsgi_invalid_request_ids_never_leak(value, header, fallback):
+@given(
+    value=INVALID_STR,
+    header=st.sampled_from(HEADERS),
+    fallback=st.none() | VALID,
+    config=st.sampled_from([CONFIG, IDS_ONLY]),
+)
+@example(value=MARKER + "\r\nX-Injected: 1", header="X-Request-ID", fallback=None, config=CONFIG)
+@example(value=MARKER + "a" * 125, header="X-Request-ID", fallback=None, config=IDS_ONLY)
+def test_wsgi_invalid_request_ids_never_leak(value, header, fallback, config):
     """An invalid incoming ID (WSGI) appears in no response header and no log line."""
     assert not is_valid_request_id(value)
     stream = capture()
@@ -270,7 +283,7 @@ def test_wsgi_invalid_request_ids_never_leak(value, header, fallback):
     if fallback is not None:
         headers[_other(header)] = fallback
 
-    response_headers = run_wsgi(headers)
+    response_headers = run_wsgi(headers, config)
 
     rid = one_request_id(response_headers)
     texts = [text for pair in response_headers for text in pair]
@@ -278,16 +291,16 @@ def test_wsgi_invalid_request_ids_never_leak(value, header, fallback):
 
 
 @FUZZ
-@given(value=VALID, header=st.sampled_from(HEADERS))
-@example(value=LONGEST_VALID, header="X-Request-ID")
-@example(value="-", header="X-Correlation-ID")
-def test_wsgi_valid_request_ids_are_echoed_unchanged(value, header):
+@given(value=VALID, header=st.sampled_from(HEADERS), config=st.sampled_from([CONFIG, IDS_ONLY]))
+@example(value=LONGEST_VALID, header="X-Request-ID", config=CONFIG)
+@example(value="-", header="X-Correlation-ID", config=IDS_ONLY)
+def test_wsgi_valid_request_ids_are_echoed_unchanged(value, header, config):
     """A valid incoming ID (WSGI) is the response's X-Request-ID and every line's request_id."""
     stream = capture()
-    rid = one_request_id(run_wsgi({header: value}))
+    rid = one_request_id(run_wsgi({header: value}, config))
     assert rid == value
     lines = strict_lines(stream.getvalue())
-    request_lines = [line for line in lines if line["logger"].startswith("observekit")]
+    request_lines = [line for line in lines if line["logger"] in ("app", "observekit.access")]
     assert request_lines
     assert all(line["request_id"] == value for line in request_lines)
     assert not [line for line in lines if line["level"] == "WARNING"]
@@ -297,10 +310,25 @@ def test_wsgi_valid_request_ids_are_echoed_unchanged(value, header):
 
 
 @FUZZ
-@given(value=INVALID_BYTES, header=st.sampled_from(HEADERS), fallback=st.none() | VALID)
-@example(value=MARKER.encode() + b"\r\nx-injected: 1", header="X-Request-ID", fallback=None)
-@example(value=MARKER.encode() + "\u00e9".encode(), header="X-Correlation-ID", fallback=None)
-def test_asgi_invalid_request_ids_never_leak(value, header, fallback):
+@given(
+    value=INVALID_BYTES,
+    header=st.sampled_from(HEADERS),
+    fallback=st.none() | VALID,
+    config=st.sampled_from([CONFIG, IDS_ONLY]),
+)
+@example(
+    value=MARKER.encode() + b"\r\nx-injected: 1",
+    header="X-Request-ID",
+    fallback=None,
+    config=CONFIG,
+)
+@example(
+    value=MARKER.encode() + "\u00e9".encode(),
+    header="X-Correlation-ID",
+    fallback=None,
+    config=IDS_ONLY,
+)
+def test_asgi_invalid_request_ids_never_leak(value, header, fallback, config):
     """An invalid incoming ID (ASGI bytes) appears in no response header and no log line."""
     assert not is_valid_request_id(value.decode("latin-1"))
     stream = capture()
@@ -308,7 +336,7 @@ def test_asgi_invalid_request_ids_never_leak(value, header, fallback):
     if fallback is not None:
         headers.append((_other(header).lower().encode(), fallback.encode()))
 
-    response_headers = run_asgi(headers)
+    response_headers = run_asgi(headers, config)
 
     decoded = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response_headers]
     rid = one_request_id(decoded)
@@ -317,16 +345,16 @@ def test_asgi_invalid_request_ids_never_leak(value, header, fallback):
 
 
 @FUZZ
-@given(value=VALID, header=st.sampled_from(HEADERS))
-@example(value=LONGEST_VALID, header="X-Request-ID")
-def test_asgi_valid_request_ids_are_echoed_unchanged(value, header):
+@given(value=VALID, header=st.sampled_from(HEADERS), config=st.sampled_from([CONFIG, IDS_ONLY]))
+@example(value=LONGEST_VALID, header="X-Request-ID", config=IDS_ONLY)
+def test_asgi_valid_request_ids_are_echoed_unchanged(value, header, config):
     """A valid incoming ID (ASGI) is the response's X-Request-ID and every line's request_id."""
     stream = capture()
-    response_headers = run_asgi([(header.lower().encode(), value.encode())])
+    response_headers = run_asgi([(header.lower().encode(), value.encode())], config)
     decoded = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response_headers]
     assert one_request_id(decoded) == value
     lines = strict_lines(stream.getvalue())
-    request_lines = [line for line in lines if line["logger"].startswith("observekit")]
+    request_lines = [line for line in lines if line["logger"] in ("app", "observekit.access")]
     assert request_lines
     assert all(line["request_id"] == value for line in request_lines)
     assert not [line for line in lines if line["level"] == "WARNING"]

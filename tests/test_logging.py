@@ -458,3 +458,31 @@ def test_filter_never_raises_and_never_drops() -> None:
     t = threading.Thread(target=lambda: ContextFilter().filter(record))
     t.start()
     t.join()
+
+
+def test_service_fields_cannot_be_overwritten_or_duplicated(logs: LogCapture) -> None:
+    """extra= or bind() fields named like service fields are kept as extra.<name>: no duplicate keys."""
+    with observekit.request_context(request_id="svc-1"):
+        observekit.bind(**{"service.name": "bound"})
+        logging.getLogger("app").info("m", extra={"deployment.environment": "extra"})
+    raw = logs.text.strip()
+    pairs = json.loads(raw, object_pairs_hook=lambda kv: kv)
+    keys = [k for k, _ in pairs]
+    assert len(keys) == len(set(keys))
+    line = dict(pairs)
+    assert line["service.name"] == "test-svc"
+    assert line["extra.service.name"] == "bound"
+    assert line["deployment.environment"] == "test"
+    assert line["extra.deployment.environment"] == "extra"
+
+
+def test_middlewares_are_not_kept_alive_by_observekit() -> None:
+    """A middleware that is dropped is garbage collected (no per-instance fork hook or registry)."""
+    import gc
+    import weakref
+
+    mw = ObservabilityMiddleware(ok_app)
+    ref = weakref.ref(mw.observer)
+    del mw
+    gc.collect()
+    assert ref() is None
