@@ -16,7 +16,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import Token
 from typing import Any
 
@@ -62,8 +62,8 @@ class _RecordMaker:
             attrs.pop(key, None)
         return attrs
 
-    def __call__(self, level: int, msg: str) -> tuple[logging.LogRecord, dict[str, Any]]:
-        """A new record and its attribute dict, for the caller to add its fields to."""
+    def __call__(self, level: int, msg: str, fields: dict[str, Any]) -> logging.LogRecord:
+        """A new record carrying ``fields`` as attributes, as ``extra=`` would."""
         record = _new_record(logging.LogRecord)
         attrs = record.__dict__
         attrs.update(self._templates[level])
@@ -77,9 +77,12 @@ class _RecordMaker:
         if self._tasks:
             attrs["taskName"] = _task_name()
         attrs["msg"] = msg
-        # Tells observekit's formatter how many leading attributes are not extra fields.
-        attrs["_observekit_extras_at"] = len(attrs) + 1
-        return record, attrs
+        attrs.update(fields)
+        # For observekit's formatter: these are all the extra fields, unless something
+        # (a filter) adds attributes later, which the attribute count then shows.
+        attrs["_observekit_fields"] = fields
+        attrs["_observekit_size"] = len(attrs) + 1
+        return record
 
 
 # One fork hook for the process (not one per middleware, which would keep each alive).
@@ -182,6 +185,10 @@ class Observer:
         self._validate = config.request_id_validator or is_valid_request_id
         self._custom_generator = config.request_id_generator is not None
         self._generate = config.request_id_generator or generate_request_id
+        self.new_id: Callable[[], str] = (
+            self._custom_new_id if self._custom_generator else generate_request_id
+        )
+        """A new request ID: the configured generator's, or the default's when it fails."""
         self.access_log = config.access_log
         self.ids_only = not config.access_log and not config.log_request_received
         """Only request IDs are wanted: adapters may skip the Exchange entirely."""
@@ -236,10 +243,7 @@ class Observer:
             return "contains control or non-ASCII characters"
         return "rejected by request_id_validator"
 
-    def new_id(self) -> str:
-        """A new request ID from the configured generator (or the default when it fails)."""
-        if not self._custom_generator:
-            return generate_request_id()
+    def _custom_new_id(self) -> str:
         try:
             rid = self._generate()
             if isinstance(rid, str) and rid and rid.isascii() and rid.isprintable():
@@ -456,11 +460,12 @@ class Exchange:
         if not logger.isEnabledFor(level):
             return
         duration_ms = round((_perf_counter() - self.start) * 1000.0, 3)
-        record, fields = observer.make_record(level, f"{info.method} {info.path} {status}")
         headers = info.headers
-        fields["http.request.method"] = info.method
-        fields["url.path"] = info.path
-        fields["url.scheme"] = info.scheme
+        fields: dict[str, Any] = {
+            "http.request.method": info.method,
+            "url.path": info.path,
+            "url.scheme": info.scheme,
+        }
         route = self.route
         if route is not None:
             fields["http.route"] = route
@@ -487,4 +492,5 @@ class Exchange:
             fields["user_agent.original"] = value
         if self.error_type is not None:
             fields["error.type"] = self.error_type
+        record = observer.make_record(level, f"{info.method} {info.path} {status}", fields)
         logger.handle(record)

@@ -74,9 +74,19 @@ class ObservabilityMiddleware:
                 nonlocal started
                 if message["type"] == "http.response.start":
                     started = True
-                    _add_id_header(message, header, id_header, observer)
+                    try:
+                        headers = message.get("headers") or ()
+                        for name, _ in headers:
+                            # ASGI asks for lowercase names; lower() only same-length ones.
+                            if len(name) == header_size and name.lower() == header:
+                                headers = [h for h in headers if h[0].lower() != header]
+                                break
+                        message["headers"] = [*headers, id_header]
+                    except Exception:
+                        observer.internal_error("adding the request-ID header failed")
                 await send(message)
 
+            header_size = len(header)
             token = _current.set(context)
             try:
                 await self.app(scope, receive, send_with_id)
@@ -86,7 +96,10 @@ class ObservabilityMiddleware:
                     await _send_error(send, id_header)
                 raise
             finally:
-                leave(token)
+                try:
+                    _current.reset(token)
+                except ValueError:  # a server ran us in a copied context: set back by hand
+                    leave(token)
             return
 
         try:
@@ -186,23 +199,6 @@ def _response_started(
         exchange.response_started(message["status"], content_type, content_length)
     except Exception:
         exchange.observer.internal_error("reading the response headers failed")
-
-
-def _add_id_header(
-    message: Message, header: bytes, id_header: tuple[bytes, bytes], observer: Observer
-) -> None:
-    """Append the ID header, dropping one the app set itself; exactly one goes out."""
-    try:
-        headers = message.get("headers") or ()
-        size = len(header)
-        for name, _ in headers:
-            # ASGI asks for lowercase names; lowering only same-length ones keeps it cheap.
-            if len(name) == size and name.lower() == header:
-                headers = [h for h in headers if h[0].lower() != header]
-                break
-        message["headers"] = [*headers, id_header]
-    except Exception:
-        observer.internal_error("adding the request-ID header failed")
 
 
 async def _send_error(send: Send, id_header: tuple[bytes, bytes]) -> bool:

@@ -26,7 +26,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from itertools import islice
 from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import IO, Any
 
@@ -35,6 +34,7 @@ from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from ._config import Config
 from ._context import RequestContext, current
+from ._core import qualified_name
 
 __all__ = ["ContextFilter", "JsonFormatter", "LineHandler", "configure", "dict_config"]
 
@@ -183,15 +183,15 @@ class JsonFormatter(_BaseJsonFormatter):
             rid = attrs.get("request_id")
             if rid is not None and rid != "-":
                 out["request_id"] = rid
-        skip = self._skip
         protected = self._protected
-        start = attrs.get("_observekit_extras_at", 0)
-        items = iter(attrs.items())
-        if start:
-            next(islice(items, start, start), None)  # skip the record's own attributes, in C
-        for key, value in items:
-            if key not in skip and key[0] != "_":
-                out[key if key not in protected else "extra." + key] = value
+        fields = attrs.get("_observekit_fields")
+        if fields is not None and len(attrs) == attrs.get("_observekit_size"):
+            out.update(fields)  # an observekit record nothing was added to: its own fields
+        else:
+            skip = self._skip
+            for key, value in attrs.items():
+                if key not in skip and key[0] != "_":
+                    out[key if key not in protected else "extra." + key] = value
         if ctx is not None and ctx.fields:
             # bind() fields come after extra= and never replace a field of this call.
             for key, value in ctx.fields.items():
@@ -202,7 +202,7 @@ class JsonFormatter(_BaseJsonFormatter):
         if record.exc_info:
             exc = record.exc_info[1]
             if exc is not None:
-                out["exception.type"] = _qualified_name(type(exc))
+                out["exception.type"] = qualified_name(type(exc))
                 out["exception.message"] = _safe_str(exc)
             if not record.exc_text:
                 record.exc_text = self.formatException(record.exc_info)
@@ -225,13 +225,6 @@ class JsonFormatter(_BaseJsonFormatter):
 
     def formatException(self, ei: Any) -> str:  # noqa: N802
         return "".join(traceback.format_exception(*ei)).rstrip("\n")
-
-
-def _qualified_name(cls: type) -> str:
-    module = cls.__module__
-    if module in ("builtins", "__main__"):
-        return cls.__qualname__
-    return f"{module}.{cls.__qualname__}"
 
 
 def _safe_str(value: object, *, use_repr: bool = False) -> str:

@@ -363,9 +363,11 @@ def test_no_record_built_when_access_logger_is_disabled(
     built: list[int] = []
     original = core._RecordMaker.__call__
 
-    def spy(self: core._RecordMaker, level: int, msg: str) -> tuple[logging.LogRecord, Any]:
+    def spy(
+        self: core._RecordMaker, level: int, msg: str, fields: dict[str, Any]
+    ) -> logging.LogRecord:
         built.append(level)
-        return original(self, level, msg)
+        return original(self, level, msg, fields)
 
     monkeypatch.setattr(core._RecordMaker, "__call__", spy)
     app = ObservabilityMiddleware(ok_app, config=config)
@@ -486,3 +488,23 @@ def test_middlewares_are_not_kept_alive_by_observekit() -> None:
     del mw
     gc.collect()
     assert ref() is None
+
+
+def test_attributes_a_filter_adds_to_access_records_are_written(
+    logs: LogCapture, config: Config
+) -> None:
+    """A handler filter that adds an attribute to an access record gets it into the JSON line."""
+
+    def add_host(record: logging.LogRecord) -> bool:
+        record.host = "web-1"
+        return True
+
+    (handler,) = [
+        h for h in logging.getLogger().handlers if getattr(h, "stream", None) is logs.stream
+    ]
+    handler.addFilter(add_host)
+    call(ObservabilityMiddleware(ok_app, config=config), "/h")
+    (access,) = logs.access()
+    assert access["host"] == "web-1"
+    assert access["url.path"] == "/h"
+    assert "_observekit_fields" not in access
