@@ -7,6 +7,7 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
 
+from ._every import Every
 from ._requestid import generate_request_id, is_valid_request_id, rejection_reason
 
 __all__ = ["RequestContext", "bind", "current", "get_request_id", "request_context"]
@@ -31,6 +32,7 @@ class RequestContext:
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("observekit_request", default=None)
+_rejections = Every(10.0)  # invalid IDs given to request_context: one WARNING per 10 s
 current = _current.get
 
 
@@ -68,9 +70,9 @@ class request_context:  # noqa: N801 - used like a function: ``with request_cont
     """Give work that is not an HTTP request (a worker task, a CLI job) a request context.
 
     ``request_id`` defaults to a new ID; an invalid one is replaced by a new ID and
-    a WARNING names the reason (never the value). ``fields`` are bound as by
-    :func:`bind`. Works with ``with`` in sync and async code; each ``with`` gets
-    its own context, restored when the block ends.
+    a WARNING names the reason (never the value), at most once per 10 seconds.
+    ``fields`` are bound as by :func:`bind`. Works with ``with`` in sync and async
+    code; each ``with`` gets its own context, restored when the block ends.
     """
 
     __slots__ = ("_ctx", "_token")
@@ -85,12 +87,18 @@ class request_context:  # noqa: N801 - used like a function: ``with request_cont
                 if not isinstance(request_id, str)
                 else rejection_reason(request_id)
             )
-            logging.getLogger("observekit").warning(
-                "request_context got an invalid request_id (%s); using %s instead",
-                reason,
-                new_id,
-                extra={"reason": reason, "request_id": new_id},
-            )
+            held = _rejections.ready()
+            if held is not None:
+                logging.getLogger("observekit").warning(
+                    "request_context got an invalid request_id (%s); using %s instead",
+                    reason,
+                    new_id,
+                    extra={
+                        "request_id": new_id,
+                        "request_id.rejection": reason,
+                        "request_id.rejections_suppressed": held,
+                    },
+                )
             request_id = new_id
         self._ctx = RequestContext(request_id, dict(fields))
         self._token: Token[RequestContext | None] | None = None

@@ -22,6 +22,7 @@ from typing import Any
 
 from ._config import Config
 from ._context import RequestContext, _current, leave
+from ._every import Every
 from ._requestid import generate_request_id, is_valid_request_id, rejection_reason
 
 __all__ = ["Exchange", "Observer", "RequestInfo"]
@@ -143,29 +144,6 @@ class RequestInfo:
         self.route = route
 
 
-class _Every:
-    """Lets one event through per ``seconds``, counting the ones it held back."""
-
-    __slots__ = ("_lock", "_next", "seconds", "suppressed")
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._next = 0.0
-        self.suppressed = 0
-        self._lock = threading.Lock()
-
-    def ready(self) -> int | None:
-        """``None`` when held back, else how many were held back since the last one."""
-        now = time.monotonic()
-        with self._lock:
-            if now < self._next:
-                self.suppressed += 1
-                return None
-            self._next = now + self.seconds
-            held, self.suppressed = self.suppressed, 0
-            return held
-
-
 class Observer:
     """Per-application state, worked out once from a :class:`Config`.
 
@@ -204,8 +182,8 @@ class Observer:
         self.access_logger = logging.getLogger(ACCESS_LOGGER)
         self.make_record = _RecordMaker(ACCESS_LOGGER)
         self.logger = logging.getLogger(LOGGER)
-        self._rejections = _Every(10.0)
-        self._internal = _Every(10.0)
+        self._rejections = Every(10.0)
+        self._internal = Every(10.0)
         self.internal_errors = 0
         """How many failures inside observekit (or its user hooks) were absorbed."""
 

@@ -8,6 +8,8 @@ import logging
 import threading
 from typing import Any
 
+import pytest
+
 import observekit
 from observekit import Config
 from observekit.wsgi import ObservabilityMiddleware
@@ -108,3 +110,23 @@ def test_plain_thread_has_no_request_id() -> None:
         ObservabilityMiddleware(app, config=Config(access_log=False)), headers={"X-Request-ID": "r"}
     )
     assert seen == [None]
+
+
+def test_invalid_request_context_ids_warn_at_most_every_10_seconds(
+    logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task queue feeding many bad IDs to request_context gives one WARNING per 10 s, then a count."""
+    from observekit import _context, _every
+
+    clock = [5000.0]
+    monkeypatch.setattr(_every.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(_context, "_rejections", _every.Every(10.0))
+    for _ in range(50):
+        with observekit.request_context(request_id="bad id"):
+            pass
+    clock[0] += 10.0
+    with observekit.request_context(request_id="bad id"):
+        pass
+    warnings = logs.lines()
+    assert len(warnings) == 2
+    assert warnings[1]["request_id.rejections_suppressed"] == 49
