@@ -70,6 +70,64 @@ class Config:
     log_level: str = "INFO"
     """Root level set by :func:`observekit.logging.configure`."""
 
+    # -- metrics ------------------------------------------------------------------
+
+    metrics: str = "auto"
+    """Metrics backend: ``statsd``, ``otel``, ``memory``, ``none``, or ``auto`` (statsd
+    when ``statsd_host`` is set, else none)."""
+
+    statsd_host: str | None = None
+    """statsd / DogStatsD daemon host. Env: ``STATSD_HOST``."""
+
+    statsd_port: int = 8125
+    """statsd daemon UDP port. Env: ``STATSD_PORT``."""
+
+    statsd_prefix: str = ""
+    """Prefix of every statsd metric name (``myapp`` gives ``myapp.http.server...``)."""
+
+    statsd_tags: str = "dogstatsd"
+    """``dogstatsd``: labels as ``|#key:value`` tags; ``none``: labels folded into names."""
+
+    statsd_max_packet: int = 1432
+    """Largest UDP payload sent, in bytes (1432 fits any Ethernet path with room to spare)."""
+
+    statsd_dns_ttl: float = 60.0
+    """Seconds before the statsd host name is resolved again (a changed IP is picked up)."""
+
+    max_routes: int = 200
+    """Distinct route labels kept per process; others are counted as ``overflow``."""
+
+    route_resolver: Callable[[Any], str | None] | None = None
+    """Called with the :class:`RequestInfo` when no framework reported a route template;
+    returns a route label or ``None`` (``unmatched``)."""
+
+    # -- traces ---------------------------------------------------------------------
+
+    traces_exporter: str = "none"
+    """``otlp``, ``console`` or ``none``. From the environment: ``OTEL_TRACES_EXPORTER``,
+    else ``otlp`` when an OTLP endpoint is set."""
+
+    otlp_endpoint: str | None = None
+    """OTLP collector base URL (``http://collector:4318``), or a gRPC target."""
+
+    otlp_protocol: str = "http/protobuf"
+    """``http/protobuf`` or ``grpc``."""
+
+    traces_sampler: str = "parentbased_always_on"
+    """An ``OTEL_TRACES_SAMPLER`` name."""
+
+    traces_sampler_arg: float | None = None
+    """The ratio for the ``*traceidratio`` samplers (0.0 to 1.0)."""
+
+    propagators: tuple[str, ...] = ("tracecontext", "baggage")
+    """``OTEL_PROPAGATORS`` names used for incoming and outgoing context."""
+
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+    """Extra OpenTelemetry resource attributes (from ``OTEL_RESOURCE_ATTRIBUTES``)."""
+
+    shutdown_timeout: float = 5.0
+    """Seconds that flushing traces and metrics at exit may take, collector or not."""
+
     def __post_init__(self) -> None:
         _require_str("service_name", self.service_name, allow_empty=False)
         for name in ("service_version", "environment", "deployment_id"):
@@ -112,6 +170,50 @@ class Config:
                 f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}",
             )
         object.__setattr__(self, "log_level", level)
+        _require_choice("metrics", self.metrics, _METRICS)
+        if self.statsd_host is not None:
+            _require_str("statsd_host", self.statsd_host, allow_empty=False)
+        _require_int("statsd_port", self.statsd_port, 1, 65535)
+        if not isinstance(self.statsd_prefix, str) or any(
+            c in self.statsd_prefix for c in ":|@#\n "
+        ):
+            raise ConfigError(
+                "statsd_prefix",
+                f"statsd_prefix must be a string without ':|@# ' or newlines, "
+                f"got {self.statsd_prefix!r}",
+            )
+        _require_choice("statsd_tags", self.statsd_tags, ("dogstatsd", "none"))
+        _require_int("statsd_max_packet", self.statsd_max_packet, 64, 65507)
+        _require_number("statsd_dns_ttl", self.statsd_dns_ttl, 0.0, None)
+        _require_int("max_routes", self.max_routes, 1, 100_000)
+        if self.route_resolver is not None and not callable(self.route_resolver):
+            raise ConfigError(
+                "route_resolver",
+                f"route_resolver must be a callable or None, got {self.route_resolver!r}",
+            )
+        _require_choice("traces_exporter", self.traces_exporter, _EXPORTERS)
+        if self.otlp_endpoint is not None:
+            _require_str("otlp_endpoint", self.otlp_endpoint, allow_empty=False)
+        _require_choice("otlp_protocol", self.otlp_protocol, _PROTOCOLS)
+        _require_choice("traces_sampler", self.traces_sampler, _SAMPLERS)
+        if self.traces_sampler_arg is not None:
+            _require_number("traces_sampler_arg", self.traces_sampler_arg, 0.0, 1.0)
+        propagators = _as_tuple("propagators", self.propagators)
+        for name in propagators:
+            _require_choice("propagators", name, _PROPAGATORS)
+        object.__setattr__(self, "propagators", propagators)
+        attributes = tuple(self.resource_attributes)
+        if not all(
+            isinstance(kv, tuple) and len(kv) == 2 and all(isinstance(x, str) for x in kv)
+            for kv in attributes
+        ):
+            raise ConfigError(
+                "resource_attributes",
+                "resource_attributes must be (key, value) pairs of strings, "
+                f"got {self.resource_attributes!r}",
+            )
+        object.__setattr__(self, "resource_attributes", attributes)
+        _require_number("shutdown_timeout", self.shutdown_timeout, 0.0, 300.0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -131,6 +233,18 @@ class Config:
         for key in ("deployment.environment.name", "deployment.environment"):
             if key in resource:
                 values["environment"] = resource[key]
+        known = {"service.name", "service.version", "deployment.environment"}
+        extra = tuple((k, v) for k, v in resource.items() if k not in known)
+        if extra:
+            values["resource_attributes"] = extra
+        # OpenTelemetry's own default exporter is otlp: an endpoint alone turns traces on.
+        for endpoint_var in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+            if env.get(endpoint_var):
+                values["otlp_endpoint"] = env[endpoint_var]
+                values["traces_exporter"] = "otlp"
+                break
+        if env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+            values["otlp_protocol"] = env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]
         for f in dataclasses.fields(cls):
             var = _ENV_NAMES.get(f.name)
             if var is None or var not in env:
@@ -168,6 +282,21 @@ _ENV_NAMES = {
     "access_log_sample_ratio": "OBSERVEKIT_ACCESS_LOG_SAMPLE_RATIO",
     "log_request_received": "OBSERVEKIT_LOG_REQUEST_RECEIVED",
     "log_level": "OBSERVEKIT_LOG_LEVEL",
+    "metrics": "OBSERVEKIT_METRICS",
+    "statsd_host": "STATSD_HOST",
+    "statsd_port": "STATSD_PORT",
+    "statsd_prefix": "STATSD_PREFIX",
+    "statsd_tags": "OBSERVEKIT_STATSD_TAGS",
+    "statsd_max_packet": "OBSERVEKIT_STATSD_MAX_PACKET",
+    "statsd_dns_ttl": "OBSERVEKIT_STATSD_DNS_TTL",
+    "max_routes": "OBSERVEKIT_MAX_ROUTES",
+    "traces_exporter": "OTEL_TRACES_EXPORTER",
+    "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "traces_sampler": "OTEL_TRACES_SAMPLER",
+    "traces_sampler_arg": "OTEL_TRACES_SAMPLER_ARG",
+    "propagators": "OTEL_PROPAGATORS",
+    "shutdown_timeout": "OBSERVEKIT_SHUTDOWN_TIMEOUT",
 }
 """Field -> environment variable. Callables (validator, generator) have none."""
 
@@ -196,11 +325,36 @@ def _parse_float(raw: str) -> float:
         raise ValueError("allowed values are numbers from 0.0 to 1.0") from None
 
 
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("allowed values are whole numbers") from None
+
+
+def _parse_number(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError("allowed values are numbers") from None
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
+    "statsd_port": _parse_int,
+    "statsd_max_packet": _parse_int,
+    "statsd_dns_ttl": _parse_number,
+    "max_routes": _parse_int,
+    "traces_sampler_arg": _parse_number,
+    "propagators": _parse_list,
+    "shutdown_timeout": _parse_number,
     "request_id_headers": _parse_list,
     "access_log": _parse_bool,
     "access_log_exclude_paths": _parse_list,
     "access_log_sample_ratio": _parse_float,
+    "metrics": str.lower,
+    "statsd_tags": str.lower,
+    "traces_exporter": str.lower,
+    "traces_sampler": str.lower,
     "log_request_received": _parse_bool,
 }
 
@@ -215,6 +369,41 @@ def _parse_resource_attributes(raw: str) -> dict[str, str]:
         if sep and key.strip():
             out[key.strip()] = unquote(value.strip())
     return out
+
+
+_METRICS = ("auto", "statsd", "otel", "memory", "none")
+_EXPORTERS = ("otlp", "console", "none")
+_PROTOCOLS = ("http/protobuf", "grpc")
+_SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+_PROPAGATORS = ("tracecontext", "baggage", "b3", "b3multi", "jaeger", "xray", "none")
+
+
+def _require_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(name, f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _require_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(
+            name, f"{name} must be a whole number from {low} to {high}, got {value!r}"
+        )
+
+
+def _require_number(name: str, value: object, low: float, high: float | None) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and (value < low or (high is not None and value > high)):  # type: ignore[operator]
+        ok = False
+    if not ok:
+        upper = f" to {high}" if high is not None else " or more"
+        raise ConfigError(name, f"{name} must be a number from {low}{upper}, got {value!r}")
 
 
 def _require_str(name: str, value: object, *, allow_empty: bool) -> None:

@@ -232,3 +232,99 @@ def test_config_is_immutable() -> None:
     with pytest.raises(AttributeError):
         config.service_name = "x"  # type: ignore[misc]
     assert observekit.Config is Config
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "allowed"),
+    [
+        pytest.param(
+            {"metrics": "prometheus"}, "metrics", "auto, statsd, otel, memory, none", id="metrics"
+        ),
+        pytest.param({"statsd_port": 0}, "statsd_port", "1 to 65535", id="port"),
+        pytest.param({"statsd_port": "8125"}, "statsd_port", "whole number", id="port-str"),
+        pytest.param({"statsd_tags": "influx"}, "statsd_tags", "dogstatsd, none", id="tags"),
+        pytest.param({"statsd_prefix": "a:b"}, "statsd_prefix", "without", id="prefix"),
+        pytest.param({"statsd_max_packet": 10}, "statsd_max_packet", "64 to 65507", id="packet"),
+        pytest.param({"max_routes": 0}, "max_routes", "1 to 100000", id="routes"),
+        pytest.param(
+            {"traces_exporter": "jaeger"}, "traces_exporter", "otlp, console, none", id="exporter"
+        ),
+        pytest.param(
+            {"otlp_protocol": "http/json"}, "otlp_protocol", "http/protobuf, grpc", id="protocol"
+        ),
+        pytest.param(
+            {"traces_sampler": "sometimes"}, "traces_sampler", "parentbased_always_on", id="sampler"
+        ),
+        pytest.param(
+            {"traces_sampler_arg": 1.5}, "traces_sampler_arg", "0.0 to 1.0", id="sampler-arg"
+        ),
+        pytest.param(
+            {"propagators": ("w3c",)}, "propagators", "tracecontext, baggage", id="propagator"
+        ),
+        pytest.param({"shutdown_timeout": -1}, "shutdown_timeout", "0.0 to 300.0", id="timeout"),
+    ],
+)
+def test_bad_signal_settings_name_field_and_allowed_values(
+    kwargs: dict[str, Any], field: str, allowed: str
+) -> None:
+    """Metrics and tracing settings fail at construction, naming the field and what it allows."""
+    with pytest.raises(ConfigError) as info:
+        Config(**kwargs)
+    assert info.value.field == field
+    assert allowed in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "kwargs"),
+    [
+        pytest.param(
+            {
+                "STATSD_HOST": "statsd.local",
+                "STATSD_PORT": "9125",
+                "STATSD_PREFIX": "shop",
+                "OBSERVEKIT_METRICS": "STATSD",
+            },
+            {
+                "statsd_host": "statsd.local",
+                "statsd_port": 9125,
+                "statsd_prefix": "shop",
+                "metrics": "statsd",
+            },
+            id="statsd",
+        ),
+        pytest.param(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"},
+            {"otlp_endpoint": "http://collector:4318", "traces_exporter": "otlp"},
+            id="endpoint-turns-otlp-on",
+        ),
+        pytest.param(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"},
+            {"otlp_endpoint": "http://c:4318", "traces_exporter": "none"},
+            id="explicit-exporter-wins",
+        ),
+        pytest.param(
+            {
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+                "OTEL_PROPAGATORS": "tracecontext",
+            },
+            {
+                "traces_sampler": "parentbased_traceidratio",
+                "traces_sampler_arg": 0.1,
+                "propagators": ("tracecontext",),
+            },
+            id="sampler",
+        ),
+        pytest.param(
+            {"OTEL_RESOURCE_ATTRIBUTES": "service.name=s,k8s.pod.name=web-1,team=pay"},
+            {
+                "service_name": "s",
+                "resource_attributes": (("k8s.pod.name", "web-1"), ("team", "pay")),
+            },
+            id="resource",
+        ),
+    ],
+)
+def test_signal_env_equals_code(env: dict[str, str], kwargs: dict[str, Any]) -> None:
+    """Metrics and tracing settings from the standard variables equal the same values in code."""
+    assert Config.from_env(env) == Config(**kwargs)
