@@ -59,6 +59,7 @@ from starlette.routing import Route
 import observekit
 import observekit.asgi
 import observekit.logging
+import observekit.tracing
 import observekit.wsgi
 
 perf_counter_ns = time.perf_counter_ns
@@ -494,6 +495,7 @@ class Env:
     loop: asyncio.AbstractEventLoop
     environ: dict[str, Any]
     scope: dict[str, Any]
+    ok_provider: Any = None  # observekit's own TracerProvider (the "full" stacks)
 
 
 def build_stacks(env: Env) -> list[Stack]:
@@ -501,6 +503,17 @@ def build_stacks(env: Env) -> list[Stack]:
     hand_logger = env.sink.hand_logger
     rid_only = observekit.Config(access_log=False)
     with_access = observekit.Config()
+    # Everything on: request ID, access line, statsd RED metrics (DogStatsD tags) and a
+    # sampled server span through observekit's batch processor to a discarding exporter.
+    full = observekit.Config(
+        service_name="bench",
+        metrics="statsd",
+        statsd_host="127.0.0.1",
+        statsd_port=env.udp.getsockname()[1],
+        traces_exporter="otlp",
+        otlp_endpoint="http://127.0.0.1:9",
+    )
+    env.ok_provider = observekit.tracing.configure(full, exporter=otel.exporter, set_global=False)
 
     def otel_wsgi(app: Any) -> Any:
         return OtelWSGI(
@@ -526,6 +539,14 @@ def build_stacks(env: Env) -> list[Stack]:
             "observekit-rid+access",
             observekit.wsgi.ObservabilityMiddleware(bare_wsgi, config=with_access),
             "observekit, access line on",
+        ),
+        Stack(
+            "wsgi",
+            "observekit-full",
+            observekit.wsgi.ObservabilityMiddleware(
+                bare_wsgi, config=full, tracer_provider=env.ok_provider
+            ),
+            "observekit, access line + statsd metrics + sampled span (batch processor)",
         ),
         Stack("wsgi", "otel", otel_wsgi(bare_wsgi), "OTel WSGI middleware + SDK"),
         Stack(
@@ -558,6 +579,14 @@ def build_stacks(env: Env) -> list[Stack]:
             "asgi-correlation-id",
             CorrelationIdMiddleware(star),
             "asgi_correlation_id.CorrelationIdMiddleware, defaults",
+        ),
+        Stack(
+            "asgi",
+            "observekit-full",
+            observekit.asgi.ObservabilityMiddleware(
+                star, config=full, tracer_provider=env.ok_provider
+            ),
+            "observekit, access line + statsd metrics + sampled span (batch processor)",
         ),
         Stack("asgi", "otel", otel_asgi(star), "OTel ASGI middleware + SDK"),
         Stack(
@@ -602,7 +631,8 @@ def verify(stack: Stack, env: Env) -> str:
     """Prove the stack does its job; return a one-line summary. Raises BenchError."""
     name = stack.name
     is_observekit = name.startswith("observekit")
-    has_access = name == "observekit-rid+access"
+    has_full = name == "observekit-full"
+    has_access = name in ("observekit-rid+access", "observekit-full")
     has_otel = name.startswith("otel")
     has_hand = name.endswith("hand-written")
     has_cid = name == "asgi-correlation-id"
@@ -611,6 +641,7 @@ def verify(stack: Stack, env: Env) -> str:
     def one(with_id: bool) -> Observed:
         _drain_udp(env.udp)
         env.otel.flush()
+        env.ok_provider.force_flush()
         before = env.otel.exporter.exported
         headers: list[tuple[Any, Any]]
         if stack.kind == "wsgi":
@@ -625,6 +656,7 @@ def verify(stack: Stack, env: Env) -> str:
             with env.sink.capture() as lines:
                 status, headers, body = env.loop.run_until_complete(call_asgi(stack.app, scope))
         env.otel.flush()
+        env.ok_provider.force_flush()
         spans = env.otel.exporter.exported - before
         time.sleep(0.01)  # loopback UDP is immediate, but be generous
         datagrams = _drain_udp(env.udp)
@@ -678,9 +710,18 @@ def verify(stack: Stack, env: Env) -> str:
                 and datagrams[1].endswith(b"|ms"),
                 f"{what}: expected a statsd counter and a timer, got {datagrams!r}",
             )
+        elif has_full:
+            require(not hand, f"{what}: unexpected hand-written lines")
+            require(
+                datagrams and any(b"http.server.request.duration" in d for d in datagrams),
+                f"{what}: no statsd request metrics, got {datagrams!r}",
+            )
+            require(spans == 1, f"{what}: expected 1 server span, got {spans}")
         else:
             require(not hand and not datagrams, f"{what}: unexpected hand-written output")
-        if has_otel:
+        if has_full:
+            pass
+        elif has_otel:
             # WSGI: one server span; ASGI: the server span plus one per send.
             require(spans >= 1, f"{what}: no span exported")
         else:
@@ -693,6 +734,8 @@ def verify(stack: Stack, env: Env) -> str:
                 notes.append("1 access line")
             if has_hand:
                 notes.append("2 JSON lines + 2 statsd datagrams")
+            if has_full:
+                notes.append(f"{len(datagrams)} statsd datagram(s), {spans} span/request")
             if has_otel:
                 notes.append(f"{spans} span(s)/request")
     if has_otel:
@@ -723,6 +766,7 @@ def between_samples(env: Env) -> None:
     """Identical for every stack, outside the timed region: no stack inherits another's
     garbage or its batch of unexported spans."""
     env.otel.flush()
+    env.ok_provider.force_flush()
     gc.collect()
 
 
@@ -863,6 +907,20 @@ def table(
 
 
 CHECKS = (
+    (
+        "WSGI: observekit-full added / otel+hand-written added",
+        "wsgi",
+        "observekit-full",
+        "otel+hand-written",
+        0.25,
+    ),
+    (
+        "ASGI: observekit-full added / otel+hand-written added",
+        "asgi",
+        "observekit-full",
+        "otel+hand-written",
+        0.25,
+    ),
     (
         "ASGI: observekit-rid added / asgi-correlation-id added",
         "asgi",

@@ -21,6 +21,7 @@ from ._config import Config
 from ._context import RequestContext, bind, get_request_id, request_context
 from ._exceptions import ConfigError, ObservekitError
 from ._requestid import generate_request_id, is_valid_request_id
+from ._tasks import report_queue_size, track_task
 
 __version__ = "0.1.0"
 
@@ -35,5 +36,7 @@ __all__ = [
     "get_request_id",
     "is_valid_request_id",
     "logging",
+    "report_queue_size",
     "request_context",
+    "track_task",
 ]

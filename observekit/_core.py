@@ -17,12 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextvars import Token
-from typing import Any
+from typing import Any, Protocol
 
 from ._config import Config
 from ._context import RequestContext, _current, leave
 from ._every import Every
+from ._exceptions import ConfigError
 from ._requestid import generate_request_id, is_valid_request_id, rejection_reason
 
 __all__ = ["Exchange", "Observer", "RequestInfo"]
@@ -124,7 +124,18 @@ class RequestInfo:
     allowed in a request ID, so the joined value is rejected.
     """
 
-    __slots__ = ("client", "headers", "method", "path", "route", "scheme")
+    __slots__ = (
+        "client",
+        "headers",
+        "method",
+        "path",
+        "protocol_version",
+        "query",
+        "route",
+        "scheme",
+        "server_address",
+        "server_port",
+    )
 
     def __init__(
         self,
@@ -142,6 +153,90 @@ class RequestInfo:
         self.scheme = scheme
         self.client = client
         self.route = route
+        # Filled by adapters only when Observer.wants_details (a span needs them).
+        self.server_address: str | None = None
+        self.server_port: int | None = None
+        self.protocol_version: str | None = None
+        self.query: str | None = None
+
+
+class Metrics(Protocol):
+    """What the core calls on a metrics backend (see :mod:`observekit.metrics`)."""
+
+    def request_started(self, method: str) -> None: ...
+
+    def request_finished(
+        self, method: str, route: str, status: int, duration_s: float, error_type: str | None
+    ) -> None: ...
+
+
+class Spans(Protocol):
+    """What the core calls to trace requests (see :class:`observekit.tracing.ServerSpans`)."""
+
+    header_names: tuple[str, ...]
+
+    def start(
+        self,
+        method: str,
+        path: str,
+        scheme: str,
+        headers: Mapping[str, str],
+        *,
+        client: str | None,
+        server_address: str | None,
+        server_port: int | None,
+        user_agent: str | None,
+        protocol_version: str | None,
+        query: str | None,
+        route: str | None,
+    ) -> Any: ...
+
+    def activate(self, handle: Any) -> Any: ...
+
+    def deactivate(self, token: Any) -> None: ...
+
+    def finish(
+        self,
+        handle: Any,
+        *,
+        status: int | None,
+        route: str | None,
+        error: BaseException | None,
+        error_type: str | None,
+    ) -> None: ...
+
+    def trace_id(self, handle: Any) -> str | None: ...
+
+
+# Request methods kept as labels; anything else is "_OTHER", as OpenTelemetry's
+# semantic conventions say, so a scanner's made-up methods add no label values.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
+)
+UNMATCHED = "unmatched"
+OVERFLOW = "overflow"
+
+
+class RouteLabels:
+    """Caps the distinct route labels one process reports; later newcomers are ``overflow``."""
+
+    __slots__ = ("_lock", "_seen", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, route: str) -> str:
+        if route in self._seen:
+            return route
+        with self._lock:
+            if route in self._seen:
+                return route
+            if len(self._seen) >= self.limit:
+                return OVERFLOW
+            self._seen.add(route)
+            return route
 
 
 class Observer:
@@ -151,7 +246,7 @@ class Observer:
     per-request state.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, tracer_provider: Any = None) -> None:
         if not isinstance(config, Config):
             raise TypeError(f"config must be an observekit.Config, got {type(config).__name__}")
         self.config = config
@@ -168,8 +263,19 @@ class Observer:
         )
         """A new request ID: the configured generator's, or the default's when it fails."""
         self.access_log = config.access_log
-        self.ids_only = not config.access_log and not config.log_request_received
+        self.metrics: Metrics | None = _build_metrics(config)
+        self.spans: Spans | None = _build_spans(config, tracer_provider)
+        self.wants_details = self.spans is not None
+        """Adapters fill RequestInfo's server, protocol and query details (spans use them)."""
+        self.ids_only = (
+            not config.access_log
+            and not config.log_request_received
+            and self.metrics is None
+            and self.spans is None
+        )
         """Only request IDs are wanted: adapters may skip the Exchange entirely."""
+        self._resolve_route = config.route_resolver
+        self.route_label = RouteLabels(config.max_routes)
         self._excluded = frozenset(config.access_log_exclude_paths)
         self._sample_all = config.access_log_sample_ratio >= 1.0
         self._sample_ratio = config.access_log_sample_ratio
@@ -177,6 +283,8 @@ class Observer:
         names = list(self.request_id_headers)
         if self.access_log:
             names += ["content-type", "content-length", "user-agent"]
+        if self.spans is not None:
+            names += ["user-agent", "host", *self.spans.header_names]
         self.header_names: tuple[str, ...] = tuple(dict.fromkeys(names))
         """Lowercase request headers the core reads; adapters supply at least these."""
         self.access_logger = logging.getLogger(ACCESS_LOGGER)
@@ -189,7 +297,9 @@ class Observer:
 
     # -- request IDs ---------------------------------------------------------
 
-    def choose_request_id(self, headers: Mapping[str, str]) -> tuple[str, tuple[str, str] | None]:
+    def choose_request_id(
+        self, headers: Mapping[str, str], span: Any = None
+    ) -> tuple[str, tuple[str, str] | None]:
         """The request ID for these headers, and (header, reason) when a value was rejected."""
         rejected: tuple[str, str] | None = None
         for name in self.request_id_headers:
@@ -200,6 +310,13 @@ class Observer:
                 return raw, None
             if rejected is None:
                 rejected = (self._header_display[name], self._reason(raw))
+        if span is not None and not self._custom_generator and self.spans is not None:
+            try:
+                trace_id = self.spans.trace_id(span)
+            except Exception:
+                trace_id = None
+            if trace_id:
+                return trace_id, rejected
         return self.new_id(), rejected
 
     def _accepts(self, raw: str) -> bool:
@@ -234,9 +351,54 @@ class Observer:
     # -- lifecycle -----------------------------------------------------------
 
     def begin(self, info: RequestInfo) -> Exchange:
-        """Start one request: choose its ID and its context; nothing is entered yet."""
-        rid, rejected = self.choose_request_id(info.headers)
-        return Exchange(self, info, RequestContext(rid), rejected)
+        """Start one request: its span, ID and context, and the in-flight count.
+
+        Nothing is entered yet. Without a valid incoming ID, a traced request's
+        ID is its trace ID (unless a custom generator is configured), so one ID
+        finds the request's log lines and its trace.
+        """
+        span = None
+        spans = self.spans
+        if spans is not None:
+            headers = info.headers
+            try:
+                span = spans.start(
+                    info.method,
+                    info.path,
+                    info.scheme,
+                    headers,
+                    client=info.client,
+                    server_address=info.server_address,
+                    server_port=info.server_port,
+                    user_agent=headers.get("user-agent"),
+                    protocol_version=info.protocol_version,
+                    query=info.query,
+                    route=info.route,
+                )
+            except Exception:
+                self.internal_error("starting the server span failed")
+        rid, rejected = self.choose_request_id(info.headers, span)
+        if self.metrics is not None:
+            try:
+                self.metrics.request_started(self.method_label(info.method))
+            except Exception:
+                self.internal_error("counting an active request failed")
+        return Exchange(self, info, RequestContext(rid), rejected, span)
+
+    def method_label(self, method: str) -> str:
+        """The request method as a label: a known method, else ``_OTHER``."""
+        return method if method in KNOWN_METHODS else "_OTHER"
+
+    def resolve_route(self, info: RequestInfo, route: str | None) -> str | None:
+        """The route template: the framework's, else the configured resolver's, else None."""
+        if route is not None or self._resolve_route is None:
+            return route
+        try:
+            resolved = self._resolve_route(info)
+        except Exception:
+            self.internal_error("route_resolver raised")
+            return None
+        return resolved if isinstance(resolved, str) and resolved else None
 
     def context_for(self, headers: Mapping[str, str]) -> RequestContext:
         """A context for a connection that is not an HTTP request (a websocket)."""
@@ -309,6 +471,38 @@ class Observer:
             )
 
 
+def _build_metrics(config: Config) -> Metrics | None:
+    choice = config.metrics
+    if choice == "none" or (choice == "auto" and config.statsd_host is None):
+        return None
+    from .metrics import metrics_for  # only when metrics are wanted
+
+    return metrics_for(config)
+
+
+def _build_spans(config: Config, provider: Any) -> Spans | None:
+    tracing = sys.modules.get("observekit.tracing")
+    configured = tracing is not None and tracing.is_configured()
+    if config.traces_exporter == "none" and not configured and provider is None:
+        return None
+    try:
+        from . import tracing as tracing_module
+    except ImportError as exc:
+        raise ConfigError(
+            "traces_exporter",
+            f"traces_exporter={config.traces_exporter!r} needs OpenTelemetry: "
+            f"pip install 'observekit[otel]' ({exc})",
+        ) from None
+    if provider is None and not tracing_module.is_configured():
+        tracing_module.configure(config)
+    spans: Spans = tracing_module.ServerSpans(config, provider)
+    # Lines written while any span is current carry its IDs, whoever owns the provider.
+    from .logging import use_trace_ids
+
+    use_trace_ids(tracing_module.current_ids)
+    return spans
+
+
 class Exchange:
     """One request on its way through the core. Created by :meth:`Observer.begin`."""
 
@@ -316,6 +510,7 @@ class Exchange:
         "_rejected",
         "cancelled",
         "context",
+        "error",
         "error_type",
         "finished",
         "info",
@@ -325,6 +520,7 @@ class Exchange:
         "response_content_length",
         "response_content_type",
         "route",
+        "span",
         "start",
         "status",
     )
@@ -335,6 +531,7 @@ class Exchange:
         info: RequestInfo,
         context: RequestContext,
         rejected: tuple[str, str] | None,
+        span: Any = None,
     ) -> None:
         self.observer = observer
         self.info = info
@@ -346,29 +543,46 @@ class Exchange:
         self.response_content_length: str | None = None
         self.response_bytes = 0
         self.error_type: str | None = None
+        self.error: BaseException | None = None
         self.cancelled = False
         self.finished = False
         self._rejected = rejected
+        self.span = span
         self.start = _perf_counter()
         if rejected is not None or observer._log_received:
             self._announce()
 
-    def enter(self) -> Token[RequestContext | None]:
-        """Make this request's context current; pass the token to :meth:`exit` in the same frame."""
-        return _current.set(self.context)
+    def enter(self) -> Any:
+        """Make this request's context (and span) current; give the token to :meth:`exit`."""
+        token = _current.set(self.context)
+        if self.span is None:
+            return token
+        try:
+            return (token, self.observer.spans.activate(self.span))  # type: ignore[union-attr]
+        except Exception:
+            self.observer.internal_error("activating the server span failed")
+            return token
 
-    exit = staticmethod(leave)
+    def exit(self, token: Any) -> None:
+        """Undo :meth:`enter`, in the same frame."""
+        if type(token) is tuple:
+            token, span_token = token
+            try:
+                self.observer.spans.deactivate(span_token)  # type: ignore[union-attr]
+            except Exception:
+                self.observer.internal_error("deactivating the server span failed")
+        leave(token)
 
     def _announce(self) -> None:
         """The lines a request writes as it begins: a rejected ID, "received"."""
-        token = _current.set(self.context)
+        token = self.enter()
         try:
             if self._rejected is not None:
                 self.observer.warn_rejected(self._rejected, self.request_id)
             if self.observer._log_received:
                 self._log_received()
         finally:
-            leave(token)
+            self.exit(token)
 
     def _log_received(self) -> None:
         logger = self.observer.access_logger
@@ -399,37 +613,67 @@ class Exchange:
             return
         self.error_type = qualified_name(type(exc))
         if not isinstance(exc, Exception):
+            self.error = exc
             # Cancellation (the client left, the server shuts down), KeyboardInterrupt,
             # SystemExit: the request was abandoned, the application did not fail.
             self.cancelled = True
             return
-        token = _current.set(self.context)
+        self.error = exc
+        token = self.enter()
         try:
             self.observer.log_exception(exc, self.info.method, self.info.path, self.error_type)
         finally:
-            leave(token)
+            self.exit(token)
 
     def finish(self) -> None:
-        """The response is fully sent (or abandoned): write the access line. Idempotent."""
+        """The response is fully sent (or abandoned): record it on every signal. Idempotent.
+
+        Call it with the request's context entered, so the lines carry its IDs.
+        """
         if self.finished:
             return
         self.finished = True
         observer = self.observer
-        if not observer.access_log:
-            return
-        try:
-            self._access_line(observer)
-        except Exception:
-            observer.internal_error("writing the access line failed")
-
-    def _access_line(self, observer: Observer) -> None:
-        info = self.info
-        if info.path in observer._excluded:
-            return
+        duration = _perf_counter() - self.start
         status = self.status
         if status is None:
             # 499: nginx's "client closed request", for a request abandoned before a response.
             status = 499 if self.cancelled else 500 if self.error_type is not None else 0
+        route = observer.resolve_route(self.info, self.route)
+        if observer.metrics is not None:
+            try:
+                observer.metrics.request_finished(
+                    observer.method_label(self.info.method),
+                    UNMATCHED if route is None else observer.route_label(route),
+                    status,
+                    duration,
+                    None if self.cancelled else self.error_type,
+                )
+            except Exception:
+                observer.internal_error("recording request metrics failed")
+        if observer.access_log:
+            try:
+                self._access_line(observer, status, route, duration)
+            except Exception:
+                observer.internal_error("writing the access line failed")
+        if self.span is not None:
+            try:
+                observer.spans.finish(  # type: ignore[union-attr]
+                    self.span,
+                    status=self.status,
+                    route=route,
+                    error=self.error,
+                    error_type=self.error_type,
+                )
+            except Exception:
+                observer.internal_error("ending the server span failed")
+
+    def _access_line(
+        self, observer: Observer, status: int, route: str | None, duration: float
+    ) -> None:
+        info = self.info
+        if info.path in observer._excluded:
+            return
         failed = status >= 500 or (self.error_type is not None and not self.cancelled)
         if not failed and not observer._sample_all and _random() >= observer._sample_ratio:
             return
@@ -437,14 +681,13 @@ class Exchange:
         logger = observer.access_logger
         if not logger.isEnabledFor(level):
             return
-        duration_ms = round((_perf_counter() - self.start) * 1000.0, 3)
+        duration_ms = round(duration * 1000.0, 3)
         headers = info.headers
         fields: dict[str, Any] = {
             "http.request.method": info.method,
             "url.path": info.path,
             "url.scheme": info.scheme,
         }
-        route = self.route
         if route is not None:
             fields["http.route"] = route
         fields["http.response.status_code"] = status

@@ -16,6 +16,8 @@ connection gets a request ID in its context and on its ``websocket.accept``;
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._config import Config
 from ._context import RequestContext, _current, leave
 from ._core import ERROR_BODY, Exchange, Observer, RequestInfo
@@ -29,12 +31,17 @@ class ObservabilityMiddleware:
 
     :param app: the ASGI application.
     :param config: a :class:`observekit.Config`; default ``Config()``.
+    :param tracer_provider: an OpenTelemetry ``TracerProvider`` for the server spans
+        (traced even when ``config.traces_exporter`` is ``"none"``); default: the one
+        ``observekit.tracing.configure()`` sets up from ``config``, or the global one.
     """
 
-    def __init__(self, app: ASGIApp, *, config: Config | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, config: Config | None = None, tracer_provider: Any = None
+    ) -> None:
         self.app = app
         self.config = Config() if config is None else config
-        self.observer = Observer(self.config)
+        self.observer = Observer(self.config, tracer_provider=tracer_provider)
         self._wanted = {name.encode("latin-1"): name for name in self.observer.header_names}
         self._header = self.observer.response_header_lower.encode("latin-1")
 
@@ -104,15 +111,16 @@ class ObservabilityMiddleware:
 
         try:
             client = scope.get("client")
-            exchange = observer.begin(
-                RequestInfo(
-                    scope["method"],
-                    scope["path"],
-                    self._headers(scope),
-                    scheme=scope.get("scheme", "http"),
-                    client=client[0] if client else None,
-                )
+            info = RequestInfo(
+                scope["method"],
+                scope["path"],
+                self._headers(scope),
+                scheme=scope.get("scheme", "http"),
+                client=client[0] if client else None,
             )
+            if observer.wants_details:
+                _add_details(info, scope)
+            exchange = observer.begin(info)
             full_id_header = (header, exchange.request_id.encode("latin-1"))
         except Exception:
             observer.internal_error("starting the request failed")
@@ -199,6 +207,23 @@ def _response_started(
         exchange.response_started(message["status"], content_type, content_length)
     except Exception:
         exchange.observer.internal_error("reading the response headers failed")
+
+
+def _add_details(info: RequestInfo, scope: Scope) -> None:
+    """Server address, port, protocol and query, for the span (semantic conventions)."""
+    host = info.headers.get("host")
+    server = scope.get("server")
+    port: int | None = server[1] if server and len(server) > 1 else None
+    if host and host[-1] != "]" and ":" in host:  # "name:port", but not a bare "[v6]"
+        host, _, raw_port = host.rpartition(":")
+        port = int(raw_port) if raw_port.isdigit() else port
+    elif not host and server:
+        host = server[0]
+    info.server_address = host or None
+    info.server_port = port
+    info.protocol_version = scope.get("http_version")
+    query = scope.get("query_string")
+    info.query = query.decode("latin-1") if query else None
 
 
 async def _send_error(send: Send, id_header: tuple[bytes, bytes]) -> bool:

@@ -36,9 +36,29 @@ from ._config import Config
 from ._context import RequestContext, current
 from ._core import qualified_name
 
-__all__ = ["ContextFilter", "JsonFormatter", "LineHandler", "configure", "dict_config"]
+__all__ = [
+    "ContextFilter",
+    "JsonFormatter",
+    "LineHandler",
+    "configure",
+    "dict_config",
+    "use_trace_ids",
+]
 
 _MISSING: Any = object()
+
+# Set by observekit.tracing once OpenTelemetry is in use: returns the current span's
+# (trace_id, span_id) as hex, or None. A list so the hot path reads one cell.
+_trace_source: list[Callable[[], tuple[str, str] | None] | None] = [None]
+
+
+def use_trace_ids(source: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Have every line carry ``trace_id`` and ``span_id`` from ``source`` (None: stop).
+
+    :func:`observekit.tracing.configure` calls this; it is public for other tracers.
+    """
+    _trace_source[0] = source
+
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -47,7 +67,9 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict
     "request_id",
     "taskName",
 }
-_CORE_KEYS = frozenset({"timestamp", "level", "logger", "message", "request_id"})
+_CORE_KEYS = frozenset(
+    {"timestamp", "level", "logger", "message", "request_id", "trace_id", "span_id"}
+)
 
 
 def _timestamp_formatter() -> Callable[[float], str]:
@@ -183,6 +205,12 @@ class JsonFormatter(_BaseJsonFormatter):
             rid = attrs.get("request_id")
             if rid is not None and rid != "-":
                 out["request_id"] = rid
+        ids = attrs.get("_observekit_trace", _MISSING)
+        if ids is _MISSING:
+            source = _trace_source[0]
+            ids = None if source is None else _safe_call(source)
+        if ids is not None:
+            out["trace_id"], out["span_id"] = ids
         protected = self._protected
         fields = attrs.get("_observekit_fields")
         if fields is not None and len(attrs) == attrs.get("_observekit_size"):
@@ -227,6 +255,13 @@ class JsonFormatter(_BaseJsonFormatter):
         return "".join(traceback.format_exception(*ei)).rstrip("\n")
 
 
+def _safe_call(source: Callable[[], tuple[str, str] | None]) -> tuple[str, str] | None:
+    try:
+        return source()
+    except Exception:
+        return None
+
+
 def _safe_str(value: object, *, use_repr: bool = False) -> str:
     try:
         return repr(value) if use_repr else str(value)
@@ -249,6 +284,9 @@ class ContextFilter(logging.Filter):
             if "_observekit_ctx" not in attrs:
                 ctx = current()
                 attrs["_observekit_ctx"] = ctx
+                source = _trace_source[0]
+                if source is not None:
+                    attrs["_observekit_trace"] = _safe_call(source)
                 if ctx is not None:
                     attrs["request_id"] = ctx.request_id
                 elif "request_id" not in attrs:

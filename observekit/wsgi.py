@@ -31,12 +31,17 @@ class ObservabilityMiddleware:
 
     :param app: the WSGI application.
     :param config: a :class:`observekit.Config`; default ``Config()``.
+    :param tracer_provider: an OpenTelemetry ``TracerProvider`` for the server spans
+        (traced even when ``config.traces_exporter`` is ``"none"``); default: the one
+        ``observekit.tracing.configure()`` sets up from ``config``, or the global one.
     """
 
-    def __init__(self, app: WSGIApp, *, config: Config | None = None) -> None:
+    def __init__(
+        self, app: WSGIApp, *, config: Config | None = None, tracer_provider: Any = None
+    ) -> None:
         self.app = app
         self.config = Config() if config is None else config
-        self.observer = Observer(self.config)
+        self.observer = Observer(self.config, tracer_provider=tracer_provider)
         self._environ_keys = tuple(
             (name, _CGI_KEYS.get(name) or "HTTP_" + name.upper().replace("-", "_"))
             for name in self.observer.header_names
@@ -54,15 +59,16 @@ class ObservabilityMiddleware:
             if not path.isascii():
                 # PEP 3333 hands over raw bytes as latin-1; the URL path is UTF-8.
                 path = path.encode("latin-1").decode("utf-8", "replace")
-            exchange = observer.begin(
-                RequestInfo(
-                    environ.get("REQUEST_METHOD", "GET"),
-                    path,
-                    headers,
-                    scheme=environ.get("wsgi.url_scheme", "http"),
-                    client=environ.get("REMOTE_ADDR"),
-                )
+            info = RequestInfo(
+                environ.get("REQUEST_METHOD", "GET"),
+                path,
+                headers,
+                scheme=environ.get("wsgi.url_scheme", "http"),
+                client=environ.get("REMOTE_ADDR"),
             )
+            if observer.wants_details:
+                _add_details(info, environ)
+            exchange = observer.begin(info)
         except Exception:
             observer.internal_error("starting the request failed")
             body: Iterable[bytes] = self.app(environ, start_response)
@@ -88,6 +94,19 @@ class ObservabilityMiddleware:
             # No application code runs while a list is iterated: no context to enter.
             response.plain = True
         return response
+
+
+def _add_details(info: RequestInfo, environ: WSGIEnviron) -> None:
+    """Server address, port, protocol and query, for the span (semantic conventions)."""
+    host = info.headers.get("host") or environ.get("SERVER_NAME")
+    port: str | None = environ.get("SERVER_PORT")
+    if host and host[-1] != "]" and ":" in host:  # "name:port", but not a bare "[v6]"
+        host, _, port = host.rpartition(":")
+    info.server_address = host or None
+    info.server_port = int(port) if port and port.isdigit() else None
+    protocol = environ.get("SERVER_PROTOCOL", "")
+    info.protocol_version = protocol.partition("/")[2] or None
+    info.query = environ.get("QUERY_STRING") or None
 
 
 def _is_instance(obj: object, cls: object) -> bool:

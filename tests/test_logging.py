@@ -508,3 +508,37 @@ def test_attributes_a_filter_adds_to_access_records_are_written(
     assert access["host"] == "web-1"
     assert access["url.path"] == "/h"
     assert "_observekit_fields" not in access
+
+
+def test_trace_ids_from_the_installed_source(logs: LogCapture) -> None:
+    """With a trace-ID source installed, lines carry trace_id and span_id while it reports a span."""
+    active: list[tuple[str, str] | None] = [None]
+    observekit.logging.use_trace_ids(lambda: active[0])
+    try:
+        logging.getLogger("app").info("no span")
+        active[0] = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7")
+        logging.getLogger("app").info("in span")
+    finally:
+        observekit.logging.use_trace_ids(None)
+    logging.getLogger("app").info("source removed")
+    first, second, third = logs.lines()
+    assert "trace_id" not in first
+    assert (second["trace_id"], second["span_id"]) == active[0]
+    assert list(second)[4:6] == ["trace_id", "span_id"]
+    assert "trace_id" not in third
+
+
+def test_broken_trace_id_source_never_breaks_a_line(logs: LogCapture) -> None:
+    """A trace-ID source that raises leaves the line without trace fields, not without the line."""
+
+    def broken() -> tuple[str, str] | None:
+        raise RuntimeError("tracer is broken")
+
+    observekit.logging.use_trace_ids(broken)
+    try:
+        logging.getLogger("app").info("still written")
+    finally:
+        observekit.logging.use_trace_ids(None)
+    (line,) = logs.lines()
+    assert line["message"] == "still written"
+    assert "trace_id" not in line

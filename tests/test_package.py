@@ -41,11 +41,15 @@ def test_import_pulls_in_no_framework_client_or_sdk(module: str) -> None:
 
 def test_exported_members() -> None:
     """Every public name in observekit is listed in __all__, and __all__ names only real members."""
-    public = {name for name in dir(observekit) if not name.startswith("_")}
-    modules = {"logging", "wsgi", "asgi"}
-    assert set(observekit.__all__) - {"__version__"} == public - (modules - {"logging"}) - {
-        "annotations"
+    import types
+
+    public = {
+        name
+        for name in dir(observekit)
+        if not name.startswith("_") and not isinstance(getattr(observekit, name), types.ModuleType)
     }
+    exported = set(observekit.__all__) - {"__version__", "logging"}
+    assert exported == public - {"annotations"}
     for name in observekit.__all__:
         assert hasattr(observekit, name)
 

@@ -1,0 +1,124 @@
+"""The apps `bench/servers.py` runs under real servers, one stack per BENCH_STACK value.
+
+WSGI (``bench.server_apps:wsgi_app``, for gunicorn) and ASGI
+(``bench.server_apps:asgi_app``, for uvicorn), each a tiny "hello" app:
+
+- ``bare``: the app alone;
+- ``observekit``: everything on: request ID, JSON access line (to stdout, which
+  the bench discards), statsd RED metrics (to BENCH_STATSD_PORT on 127.0.0.1)
+  and a sampled server span exported through the batch processor over OTLP/HTTP
+  (to BENCH_OTLP_ENDPOINT);
+- ``otel``: OpenTelemetry's WSGI/ASGI middleware with the SDK, batch span
+  processor and metrics on, exporting to the same OTLP endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+STACK = os.environ.get("BENCH_STACK", "bare")
+OTLP = os.environ.get("BENCH_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+STATSD_PORT = int(os.environ.get("BENCH_STATSD_PORT", "8125"))
+BODY = b"hello"
+
+
+def _bare_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [BODY]
+
+
+async def _bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await receive()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"5")],
+        }
+    )
+    await send({"type": "http.response.body", "body": BODY})
+
+
+def _observekit_config() -> Any:
+    import observekit
+
+    return observekit.Config(
+        service_name="bench",
+        metrics="statsd",
+        statsd_host="127.0.0.1",
+        statsd_port=STATSD_PORT,
+        traces_exporter="otlp",
+        otlp_endpoint=OTLP,
+    )
+
+
+def _otel_providers() -> tuple[Any, Any]:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({"service.name": "bench"})
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=OTLP.rstrip("/") + "/v1/traces"))
+    )
+    meter_provider = MeterProvider(resource=resource, metric_readers=[InMemoryMetricReader()])
+    return tracer_provider, meter_provider
+
+
+def _build_wsgi() -> Any:
+    if STACK == "bare":
+        return _bare_wsgi
+    if STACK == "observekit":
+        import observekit
+        from observekit.wsgi import ObservabilityMiddleware
+
+        config = _observekit_config()
+        observekit.logging.configure(config)
+        return ObservabilityMiddleware(_bare_wsgi, config=config)
+    if STACK == "otel":
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+        tracer_provider, meter_provider = _otel_providers()
+        return OpenTelemetryMiddleware(
+            _bare_wsgi, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+    raise SystemExit(f"unknown BENCH_STACK {STACK!r}")
+
+
+def _build_asgi() -> Any:
+    if STACK == "bare":
+        return _bare_asgi
+    if STACK == "observekit":
+        import observekit
+        from observekit.asgi import ObservabilityMiddleware
+
+        config = _observekit_config()
+        observekit.logging.configure(config)
+        return ObservabilityMiddleware(_bare_asgi, config=config)
+    if STACK == "otel":
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        tracer_provider, meter_provider = _otel_providers()
+        return OpenTelemetryMiddleware(
+            _bare_asgi, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+    raise SystemExit(f"unknown BENCH_STACK {STACK!r}")
+
+
+_kind = os.environ.get("BENCH_KIND", "wsgi")
+wsgi_app = _build_wsgi() if _kind == "wsgi" else None
+asgi_app = _build_asgi() if _kind == "asgi" else None
