@@ -585,6 +585,19 @@ class _GuardedExporter(SpanExporter):
             )
         return result
 
+    def report_failures(self) -> None:
+        """Log the failures not reported yet (at shutdown: the warnings are rate-limited)."""
+        with self._lock:
+            new, self._failed_reported = self.failed - self._failed_reported, self.failed
+        if new:
+            _log.warning(
+                "could not export %d spans to %s since the last warning (%d in all)",
+                new,
+                self.description,
+                self.failed,
+                extra={"observekit.spans_failed": self.failed, "process.pid": os.getpid()},
+            )
+
     def abort(self) -> None:
         """Stop now: interrupts the exporter's retry back-off and closes its connections."""
         self.shutdown()
@@ -752,6 +765,7 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
                 self._guarded.description,
                 extra={"observekit.spans_lost": lost, "process.pid": os.getpid()},
             )
+        self._guarded.report_failures()
         unreported = self.dropped_spans - self._dropped_reported
         if unreported:
             self._dropped_reported = self.dropped_spans
