@@ -19,8 +19,10 @@ restarts its export thread in each child, and the OTLP exporter is built in the
 process that first exports, so no connection or gRPC channel crosses a fork.
 
 Bounded at exit: the flush at interpreter exit, or on :func:`shutdown`, takes at most
-``Config.shutdown_timeout`` seconds (default 5), collector reachable or not, and no
-single export attempt (with the exporter's retries) lasts longer than that either.
+``Config.shutdown_timeout`` seconds (default 5), collector reachable or not; one
+export attempt, retries included, is bounded by it too (at least 1 s, at most 10 s).
+uvicorn runs no exit handlers on SIGTERM: call :func:`ashutdown` on ASGI lifespan
+shutdown there.
 
 When the collector is slow or down the batch queue fills and new spans are
 dropped, never blocking a request: they are counted (:func:`export_stats`) and
@@ -32,7 +34,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import contextvars
-import importlib
 import logging
 import os
 import sys
@@ -257,12 +258,9 @@ def _make_global(setup: _Setup, propagator: TextMapPropagator) -> None:
     from . import logging as ok_logging
 
     ok_logging.use_trace_ids(current_ids)
-    try:
-        tasks: Any = importlib.import_module("observekit._tasks")
-    except ImportError:  # track_task not there yet: nothing to hook
-        return
-    if hasattr(tasks, "_span_hook"):
-        tasks._span_hook = task_span
+    from . import _tasks
+
+    _tasks._span_hook = task_span
 
 
 def is_configured() -> bool:
@@ -529,18 +527,21 @@ class _GuardedExporter(SpanExporter):
         self.in_flight = 0
         self._failed_reported = 0
         self._every = Every(_WARN_EVERY)
+        self._errors = Every(_WARN_EVERY)
 
     def _current(self) -> SpanExporter:
         pid = os.getpid()
+        inner = self._inner
         if self._factory is not None and (
-            self._inner is None or (self._rebuild_after_fork and pid != self._pid)
+            inner is None or (self._rebuild_after_fork and pid != self._pid)
         ):
             # In a forked child the parent's exporter is left alone, not shut down:
             # its sockets belong to the parent.
-            self._inner = self._factory()
+            inner = self._inner = self._factory()
         self._pid = pid
-        assert self._inner is not None
-        return self._inner
+        if inner is None:  # unreachable: without a factory there is always an exporter
+            raise RuntimeError("no span exporter")
+        return inner
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._closed:
@@ -560,7 +561,8 @@ class _GuardedExporter(SpanExporter):
         try:
             result = self._current().export(spans if owned is None else owned)
         except Exception:
-            _log.exception("exporting %d spans to %s raised", count, self.description)
+            if self._errors.ready() is not None:  # e.g. a factory that cannot build it
+                _log.exception("exporting %d spans to %s raised", count, self.description)
             result = SpanExportResult.FAILURE
         finally:
             self.in_flight = 0
@@ -627,6 +629,7 @@ class _GuardedExporter(SpanExporter):
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._every = Every(_WARN_EVERY)
+        self._errors = Every(_WARN_EVERY)
         self.failed = self.exported = self._failed_reported = 0
 
 
@@ -940,31 +943,20 @@ class ServerSpans:
         if not span.is_recording():
             return
         try:
-            if (
-                error is None
-                and error_type is None
-                and (route is None or route == handle.route)
-                and (status is None or status < 500)
-            ):
-                # The usual request: one attribute, and set_attribute cleans one value
-                # where set_attributes pays the mapping checks as well.
-                if status is not None:
-                    span.set_attribute(_STATUS, status)
-            else:
-                attributes: dict[str, str | int] = {}
-                if route and route != handle.route:
-                    span.update_name(f"{handle.label} {route}")
-                    attributes[_ROUTE] = route
-                if status is not None:
-                    attributes[_STATUS] = status
-                if error is not None:
-                    span.record_exception(error, escaped=True)
-                    attributes[_ERROR_TYPE] = error_type or _qualified_name(type(error))
-                    span.set_status(Status(StatusCode.ERROR, _describe(error)))
-                elif error_type or (status is not None and status >= 500):
-                    attributes[_ERROR_TYPE] = error_type or str(status)
-                    span.set_status(_ERROR)
-                span.set_attributes(attributes)
+            # One set_attribute per value: cheaper than set_attributes, which runs the
+            # SDK's mapping checks before cleaning each value anyway.
+            if route and route != handle.route:
+                span.update_name(f"{handle.label} {route}")
+                span.set_attribute(_ROUTE, route)
+            if status is not None:
+                span.set_attribute(_STATUS, status)
+            if error is not None:
+                span.record_exception(error, escaped=True)
+                span.set_attribute(_ERROR_TYPE, error_type or _qualified_name(type(error)))
+                span.set_status(Status(StatusCode.ERROR, _describe(error)))
+            elif error_type or (status is not None and status >= 500):
+                span.set_attribute(_ERROR_TYPE, error_type or str(status))
+                span.set_status(_ERROR)
         except Exception:
             self._internal_error("finish")
         try:

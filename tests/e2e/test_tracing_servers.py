@@ -199,6 +199,9 @@ def test_every_worker_exports_its_spans(command: str, workers: int, tmp_path: Pa
             assert {int(p) for p in booted} >= set(answered)
 
         elapsed = sigterm(server)
+    print(
+        f"{command.split()[0]}: workers {sorted(answered)}, boot {boot:.2f} s, exit {elapsed:.2f} s"
+    )
     assert elapsed < SHUTDOWN_TIMEOUT + EXIT_MARGIN
 
 
@@ -223,6 +226,9 @@ def test_workers_flush_queued_spans_at_sigterm(command: str, workers: int, tmp_p
             lambda got: set(answered.values()) <= {s["trace_id"] for s in got}, timeout=5.0
         )
     assert pids_of(spans) == set(answered)
+    print(
+        f"{command.split()[0]}: {len(spans)} spans from {sorted(answered)} at exit, {elapsed:.2f} s"
+    )
     assert elapsed < SHUTDOWN_TIMEOUT + EXIT_MARGIN
 
 
@@ -253,6 +259,7 @@ def test_sigterm_is_bounded_when_the_collector_is_down(
 
             elapsed = sigterm(server)
             lines = server.log_lines("observekit.tracing")
+    print(f"{command.split()[0]}, collector {collector}: exit {elapsed:.2f} s after SIGTERM")
     assert elapsed < SHUTDOWN_TIMEOUT + EXIT_MARGIN
     messages = [str(line["message"]) for line in lines]
     assert any("could not export" in m or "did not finish" in m for m in messages), messages
