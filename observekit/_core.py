@@ -571,7 +571,10 @@ class Exchange:
                 self.observer.spans.deactivate(span_token)  # type: ignore[union-attr]
             except Exception:
                 self.observer.internal_error("deactivating the server span failed")
-        leave(token)
+        try:
+            _current.reset(token)
+        except ValueError:  # a token from a copied context: leave() sets the value back
+            leave(token)
 
     def _announce(self) -> None:
         """The lines a request writes as it begins: a rejected ID, "received"."""
