@@ -24,7 +24,6 @@ at most one a minute per process, plus one at exit.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -36,6 +35,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+try:
+    from bench.loadgen import run_load
+except ImportError:  # run as a script: bench/ is on sys.path, the repository root may not be
+    from loadgen import run_load  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 RSS_LIMIT_MB = 20.0
@@ -211,58 +215,15 @@ RECONNECT_EVERY = 200
 """Requests per connection: reconnecting spreads the load over every worker process."""
 
 
-async def _client(port: int, deadline: float, stats: dict[str, int]) -> None:
-    head = f"GET /work HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: bench\r\n"
-    request, last = f"{head}\r\n".encode(), f"{head}Connection: close\r\n\r\n".encode()
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
-    sent = 0
-    while time.monotonic() < deadline:
-        try:
-            if writer is None or reader is None:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            sent += 1
-            writer.write(last if sent % RECONNECT_EVERY == 0 else request)
-            status_line = await reader.readline()
-            if not status_line:
-                raise ConnectionResetError("server closed the connection")
-            status = int(status_line.split()[1])
-            length, close = 0, False
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"connection" and value.strip().lower() == b"close":
-                    close = True
-            if length:
-                await reader.readexactly(length)
-            stats["ok" if status == 200 else "failed"] += 1
-            if close:
-                writer.close()
-                writer = reader = None
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-            stats["failed"] += 1
-            if writer is not None:
-                writer.close()
-            writer = reader = None
-            await asyncio.sleep(0.001)
-    if writer is not None:
-        writer.close()
-
-
 def _load(port: int, seconds: float, connections: int) -> dict[str, int]:
-    stats = {"ok": 0, "failed": 0}
-    deadline = time.monotonic() + seconds
-
-    async def run() -> None:
-        await asyncio.gather(*(_client(port, deadline, stats) for _ in range(connections)))
-
-    asyncio.run(run())
-    return stats
+    result = run_load(
+        port,
+        path="/work",
+        seconds=seconds,
+        connections=connections,
+        reconnect_every=RECONNECT_EVERY,
+    )
+    return {"ok": int(result["2xx"]), "failed": int(result["other"] + result["errors"])}
 
 
 def _command(server: str, port: int, workers: int) -> list[str]:

@@ -13,17 +13,21 @@ import json
 import time
 
 
-async def _worker(port: int, path: str, deadline: float, stats: dict[str, int]) -> None:
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: observekit-bench\r\n\r\n"
-    ).encode()
+async def _worker(
+    port: int, path: str, deadline: float, stats: dict[str, int], reconnect_every: int
+) -> None:
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: observekit-bench\r\n"
+    request, last = f"{head}\r\n".encode(), f"{head}Connection: close\r\n\r\n".encode()
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
+    sent = 0
     while time.monotonic() < deadline:
         try:
             if writer is None or reader is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(request)
+            sent += 1
+            # Asking for a close every so often spreads the load over every worker process.
+            writer.write(last if reconnect_every and sent % reconnect_every == 0 else request)
             status_line = await reader.readline()
             if not status_line:
                 raise ConnectionResetError("closed")
@@ -56,12 +60,28 @@ async def _worker(port: int, path: str, deadline: float, stats: dict[str, int]) 
         writer.close()
 
 
-async def _run(port: int, path: str, seconds: float, connections: int) -> dict[str, float]:
+async def _run(
+    port: int, path: str, seconds: float, connections: int, reconnect_every: int
+) -> dict[str, float]:
     stats = {"2xx": 0, "other": 0, "errors": 0}
     start = time.monotonic()
     deadline = start + seconds
-    await asyncio.gather(*(_worker(port, path, deadline, stats) for _ in range(connections)))
+    await asyncio.gather(
+        *(_worker(port, path, deadline, stats, reconnect_every) for _ in range(connections))
+    )
     return {**stats, "seconds": time.monotonic() - start}
+
+
+def run_load(
+    port: int,
+    *,
+    path: str = "/",
+    seconds: float = 5.0,
+    connections: int = 8,
+    reconnect_every: int = 0,
+) -> dict[str, float]:
+    """Load 127.0.0.1:``port`` for ``seconds``; counts of 2xx, other statuses and errors."""
+    return asyncio.run(_run(port, path, seconds, connections, reconnect_every))
 
 
 def main() -> None:
@@ -70,8 +90,16 @@ def main() -> None:
     parser.add_argument("--path", default="/")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--reconnect-every", type=int, default=0, help="0: keep connections")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(_run(args.port, args.path, args.seconds, args.connections))))
+    result = run_load(
+        args.port,
+        path=args.path,
+        seconds=args.seconds,
+        connections=args.connections,
+        reconnect_every=args.reconnect_every,
+    )
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Raw tests call the middleware with hand-built ``scope`` dicts and their own
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
@@ -27,6 +26,7 @@ from observekit._core import ERROR_BODY
 from observekit.asgi import ObservabilityMiddleware
 
 from .hostile import HOSTILE, Hostile
+from .util import app_errors, strict_json_lines
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -129,26 +129,6 @@ def plain(body: bytes = b"ok", status: int = 200, headers: Any = (TEXT,)) -> ASG
         await send({"type": "http.response.body", "body": body})
 
     return app
-
-
-def app_errors(logs: Any) -> list[dict[str, Any]]:
-    return [
-        line for line in logs.lines() if line["logger"] == "observekit" and line["level"] == "ERROR"
-    ]
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def strict_json_lines(text: str) -> list[dict[str, Any]]:
-    """Every line as strict JSON (no NaN/Infinity); fails on anything else."""
-    out = []
-    for raw in text.splitlines():
-        parsed = json.loads(raw, parse_constant=_reject_constant)
-        assert isinstance(parsed, dict), raw
-        out.append(parsed)
-    return out
 
 
 # -- lifespan and other scopes ---------------------------------------------------

@@ -27,6 +27,7 @@ from observekit._core import ERROR_BODY
 from observekit.wsgi import ObservabilityMiddleware
 
 from .hostile import HOSTILE, Hostile
+from .util import app_errors, strict_json_lines
 from .util import call as plain_call
 
 Environ = dict[str, Any]
@@ -167,27 +168,6 @@ def returning(body: Iterable[bytes], status: str = "200 OK", headers: Any = None
         return body
 
     return app
-
-
-def app_errors(logs: Any) -> list[dict[str, Any]]:
-    """The ERROR lines of the ``observekit`` logger (the application-exception lines)."""
-    return [
-        line for line in logs.lines() if line["logger"] == "observekit" and line["level"] == "ERROR"
-    ]
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def strict_json_lines(text: str) -> list[dict[str, Any]]:
-    """Every line as strict JSON (no NaN/Infinity); fails on anything else."""
-    out = []
-    for raw in text.splitlines():
-        parsed = json.loads(raw, parse_constant=_reject_constant)
-        assert isinstance(parsed, dict), raw
-        out.append(parsed)
-    return out
 
 
 # -- close() -------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
@@ -43,3 +44,24 @@ def call(app: Any, path: str = "/", headers: dict[str, str] | None = None, **ext
         if close is not None:
             close()
     return result
+
+
+def app_errors(logs: Any) -> list[dict[str, Any]]:
+    """The ERROR lines of the ``observekit`` logger (the application-exception lines)."""
+    return [
+        line for line in logs.lines() if line["logger"] == "observekit" and line["level"] == "ERROR"
+    ]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def strict_json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line as strict JSON (no NaN/Infinity); fails on anything else."""
+    out = []
+    for raw in text.splitlines():
+        parsed = json.loads(raw, parse_constant=_reject_constant)
+        assert isinstance(parsed, dict), raw
+        out.append(parsed)
+    return out
