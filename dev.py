@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The two commands a newcomer runs on a fresh clone; standard library only.
 
-    python3 dev.py demo    # set up .venv, run the demo service and print its JSON log lines
+    python3 dev.py demo    # set up .venv, run two demo services: their logs, a trace, metrics
     python3 dev.py test    # set up .venv, run the tests, ruff and mypy (what CI runs)
 
 Anything after the command is passed on (``python3 dev.py test -k wsgi``,

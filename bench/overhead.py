@@ -41,8 +41,11 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+import requests
+import requests.adapters
 import statsd
 from asgi_correlation_id import CorrelationIdMiddleware
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as OtelASGI
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as OtelWSGI
 from opentelemetry.sdk.metrics import MeterProvider
@@ -151,20 +154,44 @@ class Sink:
 
 
 # --------------------------------------------------------------------------------------
-# OpenTelemetry SDK: real providers, exporters that discard.
+# OpenTelemetry SDK: real providers and OTLP/HTTP exporters (each encodes every span as
+# it would for a collector); only the HTTP hop is cut: a session that answers 200.
 # --------------------------------------------------------------------------------------
 
 
-class DiscardSpanExporter(SpanExporter):
-    def __init__(self) -> None:
+class _DiscardAdapter(requests.adapters.HTTPAdapter):
+    """The collector's side of the wire: every POST answered 200 at once, nothing sent."""
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:
+        response = requests.Response()
+        response.status_code = 200
+        response._content = b""
+        response.request = request
+        response.url = request.url
+        return response
+
+
+def discard_session() -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", _DiscardAdapter())
+    return session
+
+
+class CountingExporter(SpanExporter):
+    """A real OTLP/HTTP exporter (it encodes every span) in front of a discarding session."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
         self.exported = 0
 
     def export(self, spans: Any) -> SpanExportResult:
-        self.exported += len(spans)
-        return SpanExportResult.SUCCESS
+        result = self.inner.export(spans)
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        return result
 
     def shutdown(self) -> None:
-        pass
+        self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
@@ -174,13 +201,15 @@ class DiscardSpanExporter(SpanExporter):
 class Otel:
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
-    exporter: DiscardSpanExporter
+    exporter: CountingExporter
     reader: InMemoryMetricReader
 
     @classmethod
     def build(cls) -> Otel:
         resource = Resource.create({"service.name": "bench"})
-        exporter = DiscardSpanExporter()
+        exporter = CountingExporter(
+            OTLPSpanExporter(endpoint="http://127.0.0.1:9/v1/traces", session=discard_session())
+        )
         tracer_provider = TracerProvider(resource=resource)
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         reader = InMemoryMetricReader()
@@ -496,6 +525,7 @@ class Env:
     environ: dict[str, Any]
     scope: dict[str, Any]
     ok_provider: Any = None  # observekit's own TracerProvider (the "full" stacks)
+    ok_exporter: Any = None  # its OTLP/HTTP exporter (observekit's encoder)
 
 
 def build_stacks(env: Env) -> list[Stack]:
@@ -504,7 +534,7 @@ def build_stacks(env: Env) -> list[Stack]:
     rid_only = observekit.Config(access_log=False)
     with_access = observekit.Config()
     # Everything on: request ID, access line, statsd RED metrics (DogStatsD tags) and a
-    # sampled server span through observekit's batch processor to a discarding exporter.
+    # sampled server span through observekit's batch processor to its OTLP/HTTP exporter.
     full = observekit.Config(
         service_name="bench",
         metrics="statsd",
@@ -513,7 +543,12 @@ def build_stacks(env: Env) -> list[Stack]:
         traces_exporter="otlp",
         otlp_endpoint="http://127.0.0.1:9",
     )
-    env.ok_provider = observekit.tracing.configure(full, exporter=otel.exporter, set_global=False)
+    env.ok_exporter = CountingExporter(
+        observekit.tracing.otlp_http_exporter(
+            "http://127.0.0.1:9/v1/traces", session=discard_session()
+        )
+    )
+    env.ok_provider = observekit.tracing.configure(full, exporter=env.ok_exporter, set_global=False)
 
     def otel_wsgi(app: Any) -> Any:
         return OtelWSGI(
@@ -642,7 +677,7 @@ def verify(stack: Stack, env: Env) -> str:
         _drain_udp(env.udp)
         env.otel.flush()
         env.ok_provider.force_flush()
-        before = env.otel.exporter.exported
+        before = env.otel.exporter.exported + env.ok_exporter.exported
         headers: list[tuple[Any, Any]]
         if stack.kind == "wsgi":
             environ = make_environ({"HTTP_X_REQUEST_ID": VERIFY_ID} if with_id else None)
@@ -657,8 +692,9 @@ def verify(stack: Stack, env: Env) -> str:
                 status, headers, body = env.loop.run_until_complete(call_asgi(stack.app, scope))
         env.otel.flush()
         env.ok_provider.force_flush()
-        spans = env.otel.exporter.exported - before
-        time.sleep(0.01)  # loopback UDP is immediate, but be generous
+        spans = env.otel.exporter.exported + env.ok_exporter.exported - before
+        # observekit may hold a datagram up to statsd_flush_interval (0.05 s) to pack it
+        time.sleep(0.12)
         datagrams = _drain_udp(env.udp)
         return status, headers, body, lines, datagrams, spans
 

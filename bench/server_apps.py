@@ -8,6 +8,8 @@ WSGI (``bench.server_apps:wsgi_app``, for gunicorn) and ASGI
   the bench discards), statsd RED metrics (to BENCH_STATSD_PORT on 127.0.0.1)
   and a sampled server span exported through the batch processor over OTLP/HTTP
   (to BENCH_OTLP_ENDPOINT);
+- ``observekit-ids``, ``-access``, ``-statsd``, ``-spans``: one part of that
+  stack at a time (request IDs are always on), to see what each costs;
 - ``otel``: OpenTelemetry's WSGI/ASGI middleware with the SDK, batch span
   processor and metrics on, exporting to the same OTLP endpoint.
 """
@@ -49,15 +51,27 @@ async def _bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": BODY})
 
 
+# Parts of the full stack, to see what each costs under a real server.
+_PARTS = {
+    "observekit": {"access", "statsd", "spans"},
+    "observekit-ids": set(),
+    "observekit-access": {"access"},
+    "observekit-statsd": {"statsd"},
+    "observekit-spans": {"spans"},
+}
+
+
 def _observekit_config() -> Any:
     import observekit
 
+    parts = _PARTS[STACK]
     return observekit.Config(
         service_name="bench",
-        metrics="statsd",
+        access_log="access" in parts,
+        metrics="statsd" if "statsd" in parts else "none",
         statsd_host="127.0.0.1",
         statsd_port=STATSD_PORT,
-        traces_exporter="otlp",
+        traces_exporter="otlp" if "spans" in parts else "none",
         otlp_endpoint=OTLP,
     )
 
@@ -82,7 +96,7 @@ def _otel_providers() -> tuple[Any, Any]:
 def _build_wsgi() -> Any:
     if STACK == "bare":
         return _bare_wsgi
-    if STACK == "observekit":
+    if STACK in _PARTS:
         import observekit
         from observekit.wsgi import ObservabilityMiddleware
 
@@ -102,7 +116,7 @@ def _build_wsgi() -> Any:
 def _build_asgi() -> Any:
     if STACK == "bare":
         return _bare_asgi
-    if STACK == "observekit":
+    if STACK in _PARTS:
         import observekit
         from observekit.asgi import ObservabilityMiddleware
 

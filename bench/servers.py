@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/servers.py            # 3 rounds x 5 s per stack, about 2.5 minutes
     .venv/bin/python bench/servers.py --quick    # 1 round x 2 s: checks every stack serves
+    .venv/bin/python bench/servers.py --parts    # also observekit one part at a time
 
 Each stack runs under a real server on 127.0.0.1, loaded from a separate process
 (`bench/loadgen.py`) for a bounded time after a warm-up; rounds interleave the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import importlib.util
 import json
 import os
 import random
@@ -30,6 +32,33 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _uvicorn(loop: str, http: str) -> dict[str, object]:
+    """uvicorn, one worker, with the given event loop and HTTP parser."""
+    return {
+        "kind": "asgi",
+        "stacks": ["bare", "otel", "observekit"],
+        "connections": 32,
+        "cmd": lambda port: [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.server_apps:asgi_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--loop",
+            loop,
+            "--http",
+            http,
+        ],
+    }
+
 
 SERVERS = {
     "gunicorn-sync": {
@@ -51,28 +80,14 @@ SERVERS = {
             "warning",
         ],
     },
-    "uvicorn": {
-        "kind": "asgi",
-        "stacks": ["bare", "otel", "observekit"],
-        "connections": 32,
-        "cmd": lambda port: [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.server_apps:asgi_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
-    },
+    "uvicorn": _uvicorn("asyncio", "h11"),
+    # uvicorn[standard]: uvloop and httptools, what most deployments install.
+    "uvicorn-standard": {**_uvicorn("uvloop", "httptools"), "needs": ("uvloop", "httptools")},
 }
 GOALS = [
     ("gunicorn-sync", "observekit", "bare", 0.80),
     ("uvicorn", "observekit", "otel", 3.0),
+    ("uvicorn-standard", "observekit", "otel", 3.0),
 ]
 
 
@@ -152,6 +167,35 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0)
     raise SystemExit("server did not become ready")
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _tree(pid: int) -> list[int]:
+    """The server's process and its children (gunicorn's workers), from /proc (Linux)."""
+    out = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in f.read().split():
+                    out += _tree(int(child))
+    except OSError:
+        pass
+    return out
+
+
+def _cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds the processes have used; None where /proc is missing."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
 def _load(port: int, seconds: float, connections: int) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -195,7 +239,10 @@ def _sample(
     try:
         _wait_ready(port, proc)
         _load(port, warmup, int(spec["connections"]))  # type: ignore[call-overload]
+        pids = _tree(proc.pid)
+        before = _cpu_seconds(pids)
         result = _load(port, seconds, int(spec["connections"]))  # type: ignore[call-overload]
+        after = _cpu_seconds(pids)
     finally:
         proc.terminate()
         try:
@@ -206,6 +253,10 @@ def _sample(
         if proc.stderr is not None:
             proc.stderr.close()
     result["rps"] = result["2xx"] / result["seconds"]
+    # CPU the server's processes spent per request: unlike requests/s, it barely moves
+    # when another process competes for the CPUs.
+    if before is not None and after is not None and result["2xx"]:
+        result["cpu_us"] = (after - before) / result["2xx"] * 1e6
     return result
 
 
@@ -221,16 +272,30 @@ def main() -> int:
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal fails")
     parser.add_argument("--stacks", default="", help="comma-separated subset, e.g. bare,otel")
+    parser.add_argument(
+        "--parts",
+        action="store_true",
+        help="also run observekit one part at a time (ids, access, statsd, spans)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 2.0, 0.5
     sinks = _Sinks()
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
     wanted = set(filter(None, args.stacks.split(",")))
+    parts = [f"observekit-{part}" for part in ("ids", "access", "statsd", "spans")]
+    missing = {
+        server: [m for m in spec.get("needs", ()) if importlib.util.find_spec(m) is None]  # type: ignore[attr-defined]
+        for server, spec in SERVERS.items()
+    }
+    for server, modules in missing.items():
+        if modules:
+            print(f"{server}: skipped, {', '.join(modules)} not installed", file=sys.stderr)
     runs = [
         (server, stack)
         for server, spec in SERVERS.items()
-        for stack in spec["stacks"]  # type: ignore[attr-defined]
+        if not missing[server]
+        for stack in [*spec["stacks"], *(parts if args.parts else [])]  # type: ignore[misc]
         if not wanted or stack in wanted
     ]
     started = time.monotonic()
@@ -252,8 +317,8 @@ def main() -> int:
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.rounds} rounds x {args.seconds:g} s "
         f"per stack after {args.warmup:g} s warm-up; load from bench/loadgen.py in its own process\n"
     )
-    print("| server | stack | req/s | failed | non-2xx |")
-    print("|---|---|---:|---:|---:|")
+    print("| server | stack | req/s | server CPU µs/request | failed | non-2xx |")
+    print("|---|---|---:|---:|---:|---:|")
     median: dict[tuple[str, str], float] = {}
     failed = False
     for (server, stack), results in sorted(samples.items()):
@@ -261,7 +326,11 @@ def main() -> int:
         errors = sum(int(r["errors"]) for r in results)
         other = sum(int(r["other"]) for r in results)
         failed = failed or errors > 0 or other > 0
-        print(f"| {server} | {stack} | {median[server, stack]:.0f} | {errors} | {other} |")
+        cpu = [r["cpu_us"] for r in results if "cpu_us" in r]
+        cpu_text = f"{statistics.median(cpu):.0f}" if cpu else "—"
+        print(
+            f"| {server} | {stack} | {median[server, stack]:.0f} | {cpu_text} | {errors} | {other} |"
+        )
     print(
         f"\nstatsd datagrams received: {sinks.datagrams}; OTLP span posts received: {sinks.span_posts}\n"
     )

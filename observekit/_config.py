@@ -94,6 +94,10 @@ class Config:
     statsd_dns_ttl: float = 60.0
     """Seconds before the statsd host name is resolved again (a changed IP is picked up)."""
 
+    statsd_flush_interval: float = 0.05
+    """Seconds a datagram may wait to be packed with the next ones under load (``0``:
+    send each at once); a request after a quiet spell is always sent at once."""
+
     max_routes: int = 200
     """Distinct route labels kept per process; others are counted as ``overflow``."""
 
@@ -127,6 +131,118 @@ class Config:
 
     shutdown_timeout: float = 5.0
     """Seconds that flushing traces and metrics at exit may take, collector or not."""
+
+    # -- outgoing calls -------------------------------------------------------------
+
+    outgoing_request_id_header: str = "X-Request-ID"
+    """The header that carries the request ID on outgoing httpx/requests calls."""
+
+    outgoing_allowed_hosts: tuple[str, ...] = ()
+    """Hosts that get the request ID and trace headers (``api.example.com``,
+    ``*.internal``, ``10.0.0.7``); empty: every host not denied."""
+
+    outgoing_denied_hosts: tuple[str, ...] = ()
+    """Hosts that never get them, even when allowed (same patterns)."""
+
+    outgoing_generate_request_id: bool = False
+    """Outside any request or task, give each outgoing call a new request ID."""
+
+    outgoing_max_hosts: int = 100
+    """Distinct ``server.address`` labels on client metrics; others are ``overflow``."""
+
+    # -- resilience ---------------------------------------------------------------------
+
+    health_path: str | None = "/healthz"
+    """Liveness endpoint answered by the middleware (``None``: off); touches no dependency."""
+
+    readiness_path: str | None = "/readyz"
+    """Readiness endpoint answered by the middleware (``None``: off); runs the checks."""
+
+    readiness_checks: tuple[Any, ...] = ()
+    """Code only: callables (sync or async) or :class:`observekit.resilience.Check` objects."""
+
+    readiness_timeout: float = 1.0
+    """Seconds each readiness check may take unless its Check says otherwise."""
+
+    max_in_flight: int | None = None
+    """Requests in flight per process before the excess is answered 503 (``None``: no limit)."""
+
+    shed_queue_size: int = 0
+    """Requests that may wait for a slot when ``max_in_flight`` is reached."""
+
+    shed_queue_wait: float = 0.0
+    """Seconds a queued request waits for a slot before it is answered 503."""
+
+    shed_retry_after: int = 1
+    """``Retry-After`` seconds on a shed request's 503."""
+
+    rate_limit: str | None = None
+    """Global rate limit per key, such as ``"100/minute"`` or ``"20/10s"`` (``None``: off)."""
+
+    rate_limit_burst: int | None = None
+    """Requests a key may send at once; ``None``: the limit's count."""
+
+    rate_limit_routes: tuple[tuple[str, str], ...] = ()
+    """Per-path limits, ``(glob, spec)`` pairs, first match wins, before the global one.
+    Env: ``/api/*=10/second,/login=5/minute``."""
+
+    rate_limit_key: str | Callable[[Any], str | None] = "client"
+    """Who is limited: ``client`` (address), ``header:<Name>`` (falls back to the address
+    when absent), or a callable taking the RequestInfo (``None``: not limited)."""
+
+    trusted_proxies: int = 0
+    """Proxies in front whose ``X-Forwarded-For`` entries are believed (never more)."""
+
+    rate_limit_backend: str = "memory"
+    """``memory`` (per process) or ``redis`` (shared by every instance)."""
+
+    rate_limit_max_keys: int = 100_000
+    """Keys the memory backend keeps (least recently used are evicted)."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """The Redis for shared rate limits."""
+
+    redis_connect_timeout: float = 0.1
+    """Seconds to connect to Redis."""
+
+    redis_timeout: float = 0.1
+    """Seconds a Redis command may take."""
+
+    rate_limit_fail_mode: str = "open"
+    """When Redis cannot decide: ``open`` (let the request through) or ``closed`` (503)."""
+
+    faults_enabled: bool = False
+    """Fault injection is off unless this is True."""
+
+    fault_rules: tuple[Any, ...] = ()
+    """:class:`observekit.resilience.FaultRule` objects. Env: ``OBSERVEKIT_FAULT_RULES``
+    (see :func:`observekit.resilience.parse_rules`)."""
+
+    faults_kill_file: str | None = None
+    """While this file exists no fault is injected (looked at once a second)."""
+
+    # -- outgoing resilience ------------------------------------------------------------
+
+    breakers_enabled: bool = False
+    """A circuit breaker per host:port on calls through the httpx/requests hooks."""
+
+    breaker_failure_threshold: int = 5
+    """Consecutive failures (transport errors, timeouts, 5xx) that open a breaker."""
+
+    breaker_failure_ratio: float | None = None
+    """Open instead when this share of calls failed within ``breaker_window`` seconds."""
+
+    breaker_window: float = 10.0
+    """Seconds of calls the failure ratio looks at (at least 10 calls in it)."""
+
+    breaker_open_seconds: float = 30.0
+    """Seconds an open breaker fails fast before admitting probe calls."""
+
+    breaker_half_open_probes: int = 1
+    """Probe calls a half-open breaker admits; all succeeding closes it."""
+
+    breaker_hosts: tuple[str, ...] = ()
+    """Hosts that get a breaker (names, ``*.domain``, ``*``); empty: every host."""
 
     def __post_init__(self) -> None:
         _require_str("service_name", self.service_name, allow_empty=False)
@@ -185,6 +301,7 @@ class Config:
         _require_choice("statsd_tags", self.statsd_tags, ("dogstatsd", "none"))
         _require_int("statsd_max_packet", self.statsd_max_packet, 64, 65507)
         _require_number("statsd_dns_ttl", self.statsd_dns_ttl, 0.0, None)
+        _require_number("statsd_flush_interval", self.statsd_flush_interval, 0.0, 10.0)
         _require_int("max_routes", self.max_routes, 1, 100_000)
         if self.route_resolver is not None and not callable(self.route_resolver):
             raise ConfigError(
@@ -214,6 +331,18 @@ class Config:
             )
         object.__setattr__(self, "resource_attributes", attributes)
         _require_number("shutdown_timeout", self.shutdown_timeout, 0.0, 300.0)
+        _require_header_name("outgoing_request_id_header", self.outgoing_request_id_header)
+        for name in ("outgoing_allowed_hosts", "outgoing_denied_hosts"):
+            hosts = tuple(_host_pattern(name, h) for h in _as_tuple(name, getattr(self, name)))
+            object.__setattr__(self, name, hosts)
+        if not isinstance(self.outgoing_generate_request_id, bool):
+            raise ConfigError(
+                "outgoing_generate_request_id",
+                "outgoing_generate_request_id must be True or False, "
+                f"got {self.outgoing_generate_request_id!r}",
+            )
+        _require_int("outgoing_max_hosts", self.outgoing_max_hosts, 1, 100_000)
+        _check_resilience(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -289,6 +418,7 @@ _ENV_NAMES = {
     "statsd_tags": "OBSERVEKIT_STATSD_TAGS",
     "statsd_max_packet": "OBSERVEKIT_STATSD_MAX_PACKET",
     "statsd_dns_ttl": "OBSERVEKIT_STATSD_DNS_TTL",
+    "statsd_flush_interval": "OBSERVEKIT_STATSD_FLUSH_INTERVAL",
     "max_routes": "OBSERVEKIT_MAX_ROUTES",
     "traces_exporter": "OTEL_TRACES_EXPORTER",
     "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -297,6 +427,39 @@ _ENV_NAMES = {
     "traces_sampler_arg": "OTEL_TRACES_SAMPLER_ARG",
     "propagators": "OTEL_PROPAGATORS",
     "shutdown_timeout": "OBSERVEKIT_SHUTDOWN_TIMEOUT",
+    "outgoing_request_id_header": "OBSERVEKIT_OUTGOING_REQUEST_ID_HEADER",
+    "outgoing_allowed_hosts": "OBSERVEKIT_OUTGOING_ALLOWED_HOSTS",
+    "outgoing_denied_hosts": "OBSERVEKIT_OUTGOING_DENIED_HOSTS",
+    "outgoing_generate_request_id": "OBSERVEKIT_OUTGOING_GENERATE_REQUEST_ID",
+    "outgoing_max_hosts": "OBSERVEKIT_OUTGOING_MAX_HOSTS",
+    "health_path": "OBSERVEKIT_HEALTH_PATH",
+    "readiness_path": "OBSERVEKIT_READINESS_PATH",
+    "readiness_timeout": "OBSERVEKIT_READINESS_TIMEOUT",
+    "max_in_flight": "OBSERVEKIT_MAX_IN_FLIGHT",
+    "shed_queue_size": "OBSERVEKIT_SHED_QUEUE_SIZE",
+    "shed_queue_wait": "OBSERVEKIT_SHED_QUEUE_WAIT",
+    "shed_retry_after": "OBSERVEKIT_SHED_RETRY_AFTER",
+    "rate_limit": "OBSERVEKIT_RATE_LIMIT",
+    "rate_limit_burst": "OBSERVEKIT_RATE_LIMIT_BURST",
+    "rate_limit_routes": "OBSERVEKIT_RATE_LIMIT_ROUTES",
+    "rate_limit_key": "OBSERVEKIT_RATE_LIMIT_KEY",
+    "trusted_proxies": "OBSERVEKIT_TRUSTED_PROXIES",
+    "rate_limit_backend": "OBSERVEKIT_RATE_LIMIT_BACKEND",
+    "rate_limit_max_keys": "OBSERVEKIT_RATE_LIMIT_MAX_KEYS",
+    "redis_url": "OBSERVEKIT_REDIS_URL",
+    "redis_connect_timeout": "OBSERVEKIT_REDIS_CONNECT_TIMEOUT",
+    "redis_timeout": "OBSERVEKIT_REDIS_TIMEOUT",
+    "rate_limit_fail_mode": "OBSERVEKIT_RATE_LIMIT_FAIL_MODE",
+    "faults_enabled": "OBSERVEKIT_FAULTS_ENABLED",
+    "fault_rules": "OBSERVEKIT_FAULT_RULES",
+    "faults_kill_file": "OBSERVEKIT_FAULTS_KILL_FILE",
+    "breakers_enabled": "OBSERVEKIT_BREAKERS_ENABLED",
+    "breaker_failure_threshold": "OBSERVEKIT_BREAKER_FAILURE_THRESHOLD",
+    "breaker_failure_ratio": "OBSERVEKIT_BREAKER_FAILURE_RATIO",
+    "breaker_window": "OBSERVEKIT_BREAKER_WINDOW",
+    "breaker_open_seconds": "OBSERVEKIT_BREAKER_OPEN_SECONDS",
+    "breaker_half_open_probes": "OBSERVEKIT_BREAKER_HALF_OPEN_PROBES",
+    "breaker_hosts": "OBSERVEKIT_BREAKER_HOSTS",
 }
 """Field -> environment variable. Callables (validator, generator) have none."""
 
@@ -343,6 +506,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "statsd_port": _parse_int,
     "statsd_max_packet": _parse_int,
     "statsd_dns_ttl": _parse_number,
+    "statsd_flush_interval": _parse_number,
     "max_routes": _parse_int,
     "traces_sampler_arg": _parse_number,
     "propagators": _parse_list,
@@ -356,7 +520,166 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "traces_exporter": str.lower,
     "traces_sampler": str.lower,
     "log_request_received": _parse_bool,
+    "outgoing_allowed_hosts": _parse_list,
+    "outgoing_denied_hosts": _parse_list,
+    "outgoing_generate_request_id": _parse_bool,
+    "outgoing_max_hosts": _parse_int,
+    "health_path": lambda raw: raw.strip() or None,
+    "readiness_path": lambda raw: raw.strip() or None,
+    "readiness_timeout": _parse_number,
+    "max_in_flight": lambda raw: _parse_int(raw) if raw.strip() else None,
+    "shed_queue_size": _parse_int,
+    "shed_queue_wait": _parse_number,
+    "shed_retry_after": _parse_int,
+    "rate_limit": lambda raw: raw.strip() or None,
+    "rate_limit_burst": lambda raw: _parse_int(raw) if raw.strip() else None,
+    "rate_limit_routes": lambda raw: _parse_pairs(raw),
+    "trusted_proxies": _parse_int,
+    "rate_limit_backend": str.lower,
+    "rate_limit_max_keys": _parse_int,
+    "redis_connect_timeout": _parse_number,
+    "redis_timeout": _parse_number,
+    "rate_limit_fail_mode": str.lower,
+    "faults_enabled": _parse_bool,
+    "fault_rules": lambda raw: _parse_fault_rules(raw),
+    "faults_kill_file": lambda raw: raw.strip() or None,
+    "breakers_enabled": _parse_bool,
+    "breaker_failure_threshold": _parse_int,
+    "breaker_failure_ratio": lambda raw: _parse_number(raw) if raw.strip() else None,
+    "breaker_window": _parse_number,
+    "breaker_open_seconds": _parse_number,
+    "breaker_half_open_probes": _parse_int,
+    "breaker_hosts": _parse_list,
 }
+
+
+def _parse_pairs(raw: str) -> tuple[tuple[str, str], ...]:
+    """``glob=spec,glob=spec`` (a spec holds no ``=`` or ``,``)."""
+    pairs = []
+    for item in _parse_list(raw):
+        glob, sep, spec = item.rpartition("=")
+        if not sep or not glob.strip():
+            raise ValueError("expected path=limit pairs such as /api/*=10/second")
+        pairs.append((glob.strip(), spec.strip()))
+    return tuple(pairs)
+
+
+def _parse_fault_rules(raw: str) -> tuple[Any, ...]:
+    from .resilience.faults import parse_rules
+
+    return parse_rules(raw)
+
+
+def _check_resilience(config: Config) -> None:
+    """Validate the ``# -- resilience --`` fields (normalising tuples in place)."""
+    health = [p for p in (config.health_path, config.readiness_path) if p is not None]
+    for name, path in (
+        ("health_path", config.health_path),
+        ("readiness_path", config.readiness_path),
+    ):
+        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+            raise ConfigError(name, f"{name} must start with '/' or be None, got {path!r}")
+    if len(set(health)) != len(health):
+        raise ConfigError("readiness_path", "readiness_path must differ from health_path")
+    checks = _as_any_tuple("readiness_checks", config.readiness_checks)
+    if checks:  # resilience modules are imported only when a feature needs them
+        from .resilience.health import as_check
+
+        try:
+            names = [as_check(c, 1.0).name for c in checks]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("readiness_checks", str(exc)) from None
+        if len(set(names)) != len(names):
+            raise ConfigError(
+                "readiness_checks", f"readiness check names must be unique, got {names}"
+            )
+    object.__setattr__(config, "readiness_checks", checks)
+    _require_number("readiness_timeout", config.readiness_timeout, 0.001, 60.0)
+    if config.max_in_flight is not None:
+        _require_int("max_in_flight", config.max_in_flight, 1, 1_000_000)
+    _require_int("shed_queue_size", config.shed_queue_size, 0, 1_000_000)
+    _require_number("shed_queue_wait", config.shed_queue_wait, 0.0, 60.0)
+    _require_int("shed_retry_after", config.shed_retry_after, 0, 86400)
+    routes = _as_any_tuple("rate_limit_routes", config.rate_limit_routes)
+    specs = [("rate_limit", config.rate_limit)] if config.rate_limit is not None else []
+    for pair in routes:
+        if not (
+            isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+        ):
+            raise ConfigError(
+                "rate_limit_routes", f"rate_limit_routes must be (glob, spec) pairs, got {pair!r}"
+            )
+        specs.append(("rate_limit_routes", pair[1]))
+    object.__setattr__(config, "rate_limit_routes", routes)
+    for field, spec in specs:
+        from .resilience.ratelimit import RateLimit
+
+        try:
+            RateLimit.parse(spec)
+        except ValueError as exc:
+            raise ConfigError(field, str(exc)) from None
+    if config.rate_limit_burst is not None:
+        _require_int("rate_limit_burst", config.rate_limit_burst, 1, 10_000_000)
+    key = config.rate_limit_key
+    if not callable(key) and not (
+        key == "client"
+        or (
+            isinstance(key, str)
+            and key.startswith("header:")
+            and _HEADER_NAME.fullmatch(key[7:].strip())
+        )
+    ):
+        raise ConfigError(
+            "rate_limit_key",
+            f"rate_limit_key must be 'client', 'header:<Name>' or a callable, got {key!r}",
+        )
+    _require_int("trusted_proxies", config.trusted_proxies, 0, 32)
+    _require_choice("rate_limit_backend", config.rate_limit_backend, ("memory", "redis"))
+    _require_int("rate_limit_max_keys", config.rate_limit_max_keys, 1, 100_000_000)
+    _require_str("redis_url", config.redis_url, allow_empty=False)
+    _require_number("redis_connect_timeout", config.redis_connect_timeout, 0.001, 60.0)
+    _require_number("redis_timeout", config.redis_timeout, 0.001, 60.0)
+    _require_choice("rate_limit_fail_mode", config.rate_limit_fail_mode, ("open", "closed"))
+    if not isinstance(config.faults_enabled, bool):
+        raise ConfigError(
+            "faults_enabled", f"faults_enabled must be True or False, got {config.faults_enabled!r}"
+        )
+    rules = _as_any_tuple("fault_rules", config.fault_rules)
+    for rule in rules:
+        from .resilience.faults import FaultRule
+
+        if not isinstance(rule, FaultRule):
+            raise ConfigError(
+                "fault_rules",
+                f"fault_rules must be observekit.resilience.FaultRule objects, got {rule!r}",
+            )
+    object.__setattr__(config, "fault_rules", rules)
+    if config.faults_kill_file is not None:
+        _require_str("faults_kill_file", config.faults_kill_file, allow_empty=False)
+    _check_outgoing_resilience(config)
+
+
+def _check_outgoing_resilience(config: Config) -> None:
+    """Validate the ``# -- outgoing resilience --`` fields."""
+    if not isinstance(config.breakers_enabled, bool):
+        raise ConfigError(
+            "breakers_enabled",
+            f"breakers_enabled must be True or False, got {config.breakers_enabled!r}",
+        )
+    _require_int("breaker_failure_threshold", config.breaker_failure_threshold, 1, 1_000_000)
+    if config.breaker_failure_ratio is not None:
+        _require_number("breaker_failure_ratio", config.breaker_failure_ratio, 0.001, 1.0)
+    _require_number("breaker_window", config.breaker_window, 0.01, 86400.0)
+    _require_number("breaker_open_seconds", config.breaker_open_seconds, 0.0, 86400.0)
+    _require_int("breaker_half_open_probes", config.breaker_half_open_probes, 1, 10_000)
+    hosts = _as_tuple("breaker_hosts", config.breaker_hosts)
+    object.__setattr__(config, "breaker_hosts", tuple(h.lower() for h in hosts))
+
+
+def _as_any_tuple(name: str, value: object) -> tuple[Any, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigError(name, f"{name} must be a sequence, got {value!r}")
+    return tuple(value)
 
 
 def _parse_resource_attributes(raw: str) -> dict[str, str]:
@@ -418,6 +741,23 @@ def _require_header_name(name: str, value: object) -> None:
             f"{name} must be HTTP header names (letters, digits and !#$%&'*+-.^_`|~), "
             f"got {value!r}",
         )
+
+
+_HOST_PATTERN = re.compile(r"(\*|(\*\.)?[A-Za-z0-9_\-.:]+)")
+
+
+def _host_pattern(name: str, value: str) -> str:
+    """A host name, IP address, ``*.suffix`` or ``*``; lowercase, IPv6 brackets dropped."""
+    host = value.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not _HOST_PATTERN.fullmatch(host) or host.strip(".") == "" or host == "*.":
+        raise ConfigError(
+            name,
+            f"{name} entries must be host names or IP addresses, optionally '*.' + a domain "
+            f"(no scheme, port or path), got {value!r}",
+        )
+    return host
 
 
 def _as_tuple(name: str, value: object) -> tuple[str, ...]:

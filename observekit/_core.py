@@ -25,7 +25,7 @@ from ._every import Every
 from ._exceptions import ConfigError
 from ._requestid import generate_request_id, is_valid_request_id, rejection_reason
 
-__all__ = ["Exchange", "Observer", "RequestInfo"]
+__all__ = ["Exchange", "Observer", "RequestInfo", "current_exchange"]
 
 ACCESS_LOGGER = "observekit.access"
 LOGGER = "observekit"
@@ -266,12 +266,22 @@ class Observer:
         self.metrics: Metrics | None = _build_metrics(config)
         self.spans: Spans | None = _build_spans(config, tracer_provider)
         self.wants_details = self.spans is not None
+        # -- resilience: health is answered by the boundaries before begin(); the
+        # guards (shedding, rate limit, faults) run between begin() and the app.
+        self.health: Any = _build_health(config)
+        self.health_paths: frozenset[str] = (
+            self.health.paths if self.health is not None else frozenset()
+        )
+        """Paths the boundaries answer with :attr:`health` before :meth:`begin`."""
+        self.guards: Any = _build_guards(config, self)
+        """``None`` or the guards :meth:`Exchange.guard` runs before the app."""
         """Adapters fill RequestInfo's server, protocol and query details (spans use them)."""
         self.ids_only = (
             not config.access_log
             and not config.log_request_received
             and self.metrics is None
             and self.spans is None
+            and self.guards is None
         )
         """Only request IDs are wanted: adapters may skip the Exchange entirely."""
         self._resolve_route = config.route_resolver
@@ -285,6 +295,8 @@ class Observer:
             names += ["content-type", "content-length", "user-agent"]
         if self.spans is not None:
             names += ["user-agent", "host", *self.spans.header_names]
+        if self.guards is not None:
+            names += self.guards.header_names
         self.header_names: tuple[str, ...] = tuple(dict.fromkeys(names))
         """Lowercase request headers the core reads; adapters supply at least these."""
         self.access_logger = logging.getLogger(ACCESS_LOGGER)
@@ -383,7 +395,9 @@ class Observer:
                 self.metrics.request_started(self.method_label(info.method))
             except Exception:
                 self.internal_error("counting an active request failed")
-        return Exchange(self, info, RequestContext(rid), rejected, span)
+        context = _ExchangeContext(rid)
+        exchange = context.exchange = Exchange(self, info, context, rejected, span)
+        return exchange
 
     def method_label(self, method: str) -> str:
         """The request method as a label: a known method, else ``_OTHER``."""
@@ -480,6 +494,33 @@ def _build_metrics(config: Config) -> Metrics | None:
     return metrics_for(config)
 
 
+def _build_health(config: Config) -> Any:
+    if config.health_path is None and config.readiness_path is None:
+        return None
+    from .resilience.health import Health
+
+    return Health(
+        liveness_path=config.health_path,
+        readiness_path=config.readiness_path,
+        checks=config.readiness_checks,
+        timeout=config.readiness_timeout,
+    )
+
+
+def _build_guards(config: Config, observer: Observer) -> Any:
+    wants = (
+        config.max_in_flight is not None
+        or config.rate_limit is not None
+        or bool(config.rate_limit_routes)
+        or (config.faults_enabled and bool(config.fault_rules))
+    )
+    if not wants:
+        return None
+    from .resilience.guards import build_guards
+
+    return build_guards(config, observer)
+
+
 def _build_spans(config: Config, provider: Any) -> Spans | None:
     tracing = sys.modules.get("observekit.tracing")
     configured = tracing is not None and tracing.is_configured()
@@ -503,6 +544,27 @@ def _build_spans(config: Config, provider: Any) -> Spans | None:
     return spans
 
 
+# -- adapter hook: the Exchange reachable from the request context --------------
+
+
+class _ExchangeContext(RequestContext):
+    """The context :meth:`Observer.begin` sets up: it also leads to its :class:`Exchange`."""
+
+    __slots__ = ("exchange",)
+    exchange: Exchange | None
+
+
+def current_exchange() -> Exchange | None:
+    """The :class:`Exchange` whose request context is current, until it finishes; else None.
+
+    For adapters that learn something only inside the framework (Flask's URL rule,
+    an exception the framework turns into a 500) while another layer owns the
+    exchange (the WSGI middleware around ``app.wsgi_app``).
+    """
+    context = _current.get()
+    return context.exchange if type(context) is _ExchangeContext else None
+
+
 class Exchange:
     """One request on its way through the core. Created by :meth:`Observer.begin`."""
 
@@ -512,9 +574,11 @@ class Exchange:
         "context",
         "error",
         "error_type",
+        "fault",
         "finished",
         "info",
         "observer",
+        "release",
         "request_id",
         "response_bytes",
         "response_content_length",
@@ -548,9 +612,38 @@ class Exchange:
         self.finished = False
         self._rejected = rejected
         self.span = span
+        self.fault: str | None = None
+        """What fault injection did to this request (its ``fault.injected`` field)."""
+        self.release: Callable[[], None] | None = None
+        """Called once at :meth:`finish`: gives back a load-shedding slot."""
         self.start = _perf_counter()
         if rejected is not None or observer._log_received:
             self._announce()
+
+    def guard(self) -> Any:
+        """Run the guards in this thread: ``None`` (go on to the app) or an Answer to send.
+
+        Call it with the context entered. A failure inside a guard lets the request through.
+        """
+        guards = self.observer.guards
+        if guards is None:
+            return None
+        try:
+            return guards.check(self)
+        except Exception:
+            self.observer.internal_error("a request guard failed")
+            return None
+
+    async def aguard(self) -> Any:
+        """:meth:`guard` for ASGI: waits (queue, Redis, latency) without blocking the loop."""
+        guards = self.observer.guards
+        if guards is None:
+            return None
+        try:
+            return await guards.acheck(self)
+        except Exception:
+            self.observer.internal_error("a request guard failed")
+            return None
 
     def enter(self) -> Any:
         """Make this request's context (and span) current; give the token to :meth:`exit`."""
@@ -636,7 +729,14 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        if type(self.context) is _ExchangeContext:
+            self.context.exchange = None  # no cycle left for the garbage collector
         observer = self.observer
+        if self.release is not None:
+            try:
+                self.release()
+            except Exception:
+                observer.internal_error("releasing a load-shedding slot failed")
         duration = _perf_counter() - self.start
         status = self.status
         if status is None:
@@ -716,5 +816,7 @@ class Exchange:
             fields["user_agent.original"] = value
         if self.error_type is not None:
             fields["error.type"] = self.error_type
+        if self.fault is not None:
+            fields["fault.injected"] = self.fault
         record = observer.make_record(level, f"{info.method} {info.path} {status}", fields)
         logger.handle(record)

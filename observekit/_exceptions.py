@@ -1,11 +1,13 @@
 """The exceptions observekit raises.
 
-Only configuration raises at all: once a middleware is built, nothing inside
-observekit raises into the application (internal failures are logged at a
-bounded rate and the request goes on)::
+Configuration raises; once a middleware is built, nothing inside observekit
+raises into the application (internal failures are logged at a bounded rate and
+the request goes on), except a circuit breaker refusing a call, which is its job::
 
     ObservekitError
-    └── ConfigError (also a ValueError)
+    ├── ConfigError (also a ValueError)
+    └── resilience.CircuitOpenError (from the outgoing-call hooks: also
+        httpx.TransportError / requests.ConnectionError)
 """
 
 from __future__ import annotations

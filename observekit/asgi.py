@@ -16,6 +16,7 @@ connection gets a request ID in its context and on its ``websocket.accept``;
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ._config import Config
@@ -54,6 +55,9 @@ class ObservabilityMiddleware:
                 await self.app(scope, receive, send)
             return
         observer = self.observer
+        if scope["path"] in observer.health_paths:
+            await self._health(scope, send)
+            return
         header = self._header
 
         if observer.ids_only:
@@ -137,15 +141,29 @@ class ObservabilityMiddleware:
 
         token = exchange.enter()
         try:
+            if observer.guards is not None:
+                answer = await exchange.aguard()
+                if answer is not None:
+                    await _send_answer(send_counting, answer)
+                    return
             await self.app(scope, receive, send_counting)
         except BaseException as exc:
             exchange.fail(exc)
-            if exchange.status is None and isinstance(exc, Exception):
+            if (
+                exchange.status is None
+                and isinstance(exc, Exception)
+                and not (
+                    "app" in scope and await _app_error_handler(scope, receive, send_counting, exc)
+                )
+                and exchange.status is None
+            ):
                 exchange.response_started(500, _ERROR_TYPE, str(len(ERROR_BODY)))
                 if await _send_error(send, full_id_header):
                     exchange.response_bytes += len(ERROR_BODY)
             raise
         finally:
+            if "route" in scope and exchange.route is None:  # Starlette routed it
+                exchange.route = _starlette_route(exchange, scope)
             exchange.finish()
             exchange.exit(token)
 
@@ -157,6 +175,24 @@ class ObservabilityMiddleware:
             if name is not None and name not in headers:
                 headers[name] = value.decode("latin-1")
         return headers
+
+    async def _health(self, scope: Scope, send: Send) -> None:
+        """Answer a health probe: no access line, metrics or span; never shed or limited."""
+        observer = self.observer
+        try:
+            answer = await observer.health.aanswer(scope["path"])
+            rid = observer.choose_request_id(self._headers(scope))[0]
+        except Exception:
+            observer.internal_error("answering a health probe failed")
+            answer, rid = None, ""
+        if answer is None:
+            from .resilience.health import Answer
+
+            answer = Answer.json(500, {"status": "error"})
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+        headers.append((self._header, rid.encode("latin-1")))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -226,6 +262,16 @@ def _add_details(info: RequestInfo, scope: Scope) -> None:
     info.query = query.decode("latin-1") if query else None
 
 
+async def _send_answer(send: Send, answer: Any) -> None:
+    """Send a guard's short answer (shed, rate limited, injected fault) instead of the app's."""
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers]
+    try:
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+    except OSError:  # the client is gone; the exchange still finishes
+        pass
+
+
 async def _send_error(send: Send, id_header: tuple[bytes, bytes]) -> bool:
     """Answer 500 with the request ID when the app raised before starting a response."""
     try:
@@ -247,3 +293,36 @@ async def _send_error(send: Send, id_header: tuple[bytes, bytes]) -> bool:
 
 
 _ERROR_TYPE = "text/plain; charset=utf-8"
+
+
+# -- Starlette / FastAPI (observekit.starlette, imported only when Starlette is in use) --
+
+
+_route_template: Callable[[Scope], str | None] | None = None
+
+
+def _starlette_route(exchange: Exchange, scope: Scope) -> str | None:
+    """The template of the route Starlette matched (it sets ``scope["route"]``)."""
+    global _route_template
+    try:
+        if _route_template is None:  # imported on the first routed request, not per request
+            from .starlette import route_template
+
+            _route_template = route_template
+        return _route_template(scope)
+    except Exception:
+        exchange.observer.internal_error("reading Starlette's route template failed")
+        return None
+
+
+async def _app_error_handler(scope: Scope, receive: Receive, send: Send, exc: Exception) -> bool:
+    """Render a Starlette app's own 500 handler through ``send`` (so it carries the ID)."""
+    if not hasattr(scope["app"], "exception_handlers"):
+        return False
+    try:
+        from .starlette import render_error_handler
+
+        return await render_error_handler(scope, receive, send, exc)
+    except Exception:
+        # The handler itself failed: observekit's plain 500 answers instead.
+        return False

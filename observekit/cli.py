@@ -1,4 +1,11 @@
-"""``observekit demo``: run an example service under gunicorn and show what observekit writes."""
+"""``observekit demo``: two services, one request path, and what observekit shows of it.
+
+service1 (Django under gunicorn) calls service2 (Starlette under uvicorn) through an
+instrumented httpx client; service2 reads a database. Both send metrics to a statsd
+receiver and spans to an OTLP/HTTP receiver that run in this process. The demo sends a
+burst of requests and prints the two services' log lines interleaved, the trace of one
+request as a tree, and RED metrics per service and route.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,20 +23,27 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["main"]
 
-REQUESTS: list[tuple[str, str, dict[str, str]]] = [
-    ("a valid incoming X-Request-ID is kept", "/orders/42", {"X-Request-ID": "checkout-7f3a9c"}),
-    ("an invalid one is replaced", "/orders/43", {"X-Request-ID": 'bad id"; DROP TABLE'}),
-    ("no header: an ID is generated", "/orders/44", {}),
-    (
-        "X-Correlation-ID is used when X-Request-ID is absent",
-        "/orders/45",
-        {"X-Correlation-ID": "corr-1"},
-    ),
-    ("an unhandled exception", "/fail", {}),
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+NEEDED = ("gunicorn", "uvicorn", "django", "starlette", "httpx", "opentelemetry.proto")
+
+# (path on service1, incoming X-Request-ID or None), sent in this order.
+BURST: list[tuple[str, str | None]] = [
+    ("/", "demo-1"),
+    ("/", None),
+    ("/fail", None),
+    ("/", "demo-2"),
+    ("/", None),
+    ("/", "demo-3"),
+    ("/fail", "demo-4"),
+    ("/", None),
+    ("/", "demo-5"),
+    ("/fail", None),
 ]
 
 
@@ -40,39 +55,22 @@ def _free_port() -> int:
 
 
 class _Service:
-    """The demo app under gunicorn, its stdout collected line by line."""
+    """One service as a subprocess; its stdout JSON lines collected with their service name."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, name: str, command: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.name = name
         self.lines: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
         self._lock = threading.Lock()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "observekit._demo_app:app",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-                "--worker-class",
-                "gthread",
-                "--threads",
-                "4",
-                "--log-level",
-                "warning",
-                "--graceful-timeout",
-                "5",
-            ],
+            command,
+            cwd=cwd,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
         )
         threading.Thread(target=self._read, daemon=True).start()
-        self.stderr: list[str] = []
         threading.Thread(target=self._read_err, daemon=True).start()
 
     def _read(self) -> None:
@@ -82,6 +80,8 @@ class _Service:
                 line = json.loads(raw)
             except ValueError:
                 line = {"message": raw.rstrip("\n"), "level": "RAW"}
+            if not isinstance(line, dict):
+                line = {"message": raw.rstrip("\n"), "level": "RAW"}
             with self._lock:
                 self.lines.append(line)
 
@@ -90,33 +90,24 @@ class _Service:
         for raw in self.proc.stderr:
             self.stderr.append(raw)
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.lines)
+
+    def wait_ready(self, port: int, deadline: float) -> None:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit("the demo service exited:\n" + "".join(self.stderr))
+                raise SystemExit(f"{self.name} exited:\n" + "".join(self.stderr))
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)
-        raise SystemExit("the demo service did not start in time:\n" + "".join(self.stderr))
-
-    def lines_for(self, request_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """The lines of one request, once its access line (the last one) has arrived."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                mine = [x for x in self.lines if x.get("request_id") == request_id]
-            if (
-                any(x.get("logger") == "observekit.access" for x in mine)
-                or time.monotonic() > deadline
-            ):
-                return mine
-            time.sleep(0.02)
+        raise SystemExit(f"{self.name} did not start in time:\n" + "".join(self.stderr))
 
     def stop(self) -> None:
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -124,39 +115,176 @@ class _Service:
             self.proc.wait()
 
 
-def _get(url: str, headers: dict[str, str]) -> tuple[int, str]:
+def _get(url: str, request_id: str | None) -> tuple[int, str]:
+    headers = {"X-Request-ID": request_id} if request_id else {}
     request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback only
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+            response.read()
             return response.status, response.headers.get("X-Request-ID", "")
     except urllib.error.HTTPError as error:
         with error:
             return error.code, error.headers.get("X-Request-ID", "")
 
 
+def _short(service: str, line: dict[str, Any]) -> str:
+    stamp = str(line.get("timestamp", ""))[11:23]
+    return (
+        f"{stamp}  {service:<8}  {line.get('request_id', '-'):<32}  "
+        f"{line.get('level', ''):<7} {line.get('logger', ''):<17} {line.get('message', '')}"
+    )
+
+
+def _access_lines(service: _Service) -> int:
+    return sum(1 for x in service.snapshot() if x.get("logger") == "observekit.access")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def demo(keep_running: bool) -> int:
-    if importlib.util.find_spec("gunicorn") is None:
-        print("the demo runs its service under gunicorn: pip install 'observekit[demo]'")
+    missing = [name for name in NEEDED if importlib.util.find_spec(name.split(".")[0]) is None]
+    if missing:
+        print(f"the demo needs {', '.join(missing)}: pip install 'observekit[demo]'")
         return 2
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    service = _Service(port)
+    if not (EXAMPLES / "django" / "service1").is_dir():
+        print(f"the demo runs the example services of a source checkout; {EXAMPLES} is missing")
+        return 2
+    from . import _demo
+
+    statsd = _demo.StatsdReceiver()
+    spans = _demo.SpanReceiver()
+    port1, port2 = _free_port(), _free_port()
+    url1, url2 = f"http://127.0.0.1:{port1}", f"http://127.0.0.1:{port2}"
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OBSERVEKIT_METRICS": "statsd",
+        "STATSD_HOST": "127.0.0.1",
+        "STATSD_PORT": str(statsd.port),
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": spans.endpoint,
+    }
+    database = "SQLite in a temporary directory"
+    if os.environ.get("SERVICE2_DATABASE_URL"):
+        parts = urlsplit(os.environ["SERVICE2_DATABASE_URL"])
+        database = f"{parts.scheme}://{parts.hostname}:{parts.port}{parts.path}"  # no password
+    services: list[_Service] = []
     try:
-        service.wait_ready()
-        print(f"observekit demo: service 'orders' under gunicorn (gthread, 2 workers) at {base}\n")
-        for title, path, headers in REQUESTS:
-            shown = ", ".join(f"{k}: {v!r}" for k, v in headers.items()) or "no ID header"
-            status, rid = _get(base + path, headers)
-            print(f"# {title}\n> GET {path}  ({shown})\n< {status}  X-Request-ID: {rid}")
-            for line in service.lines_for(rid):
+        service2 = _Service(
+            "service2",
+            [
+                *(sys.executable, "-m", "uvicorn", "service2:app", "--host", "127.0.0.1"),
+                *("--port", str(port2), "--no-access-log", "--log-level", "warning"),
+            ],
+            EXAMPLES / "starlette",
+            {**env, "OTEL_SERVICE_NAME": "service2"},
+        )
+        services.append(service2)
+        service1 = _Service(
+            "service1",
+            [
+                *(sys.executable, "-m", "gunicorn", "-c", "python:observekit.gunicorn"),
+                *("service1.wsgi", "--bind", f"127.0.0.1:{port1}", "--workers", "2"),
+                *("--worker-class", "gthread", "--threads", "4", "--graceful-timeout", "5"),
+            ],
+            EXAMPLES / "django",
+            {
+                **env,
+                "OTEL_SERVICE_NAME": "service1",
+                "DJANGO_SETTINGS_MODULE": "service1.settings",
+                "SERVICE2_URL": url2,
+            },
+        )
+        services.append(service1)
+        deadline = time.monotonic() + 30
+        service2.wait_ready(port2, deadline)
+        service1.wait_ready(port1, deadline)
+        print("observekit demo")
+        print(f"  service1  Django under gunicorn (gthread, 2 workers)  {url1}")
+        print(f"  service2  Starlette under uvicorn, {database}  {url2}")
+        print(f"  statsd receiver 127.0.0.1:{statsd.port}/udp and OTLP receiver {spans.endpoint}")
+        print("  (both in this process)\n")
+
+        sent: dict[str, int] = {}
+        answers: list[tuple[str, str | None, int, str]] = []
+        for path, request_id in BURST:
+            status, rid = _get(url1 + path, request_id)
+            sent[path] = sent.get(path, 0) + 1
+            answers.append((path, request_id, status, rid))
+        print(f"sent {len(BURST)} requests to service1:")
+        for path, request_id, status, rid in answers:
+            incoming = f"X-Request-ID: {request_id}" if request_id else "no ID header"
+            print(f"  GET {path:<6} {incoming:<26} -> {status}  X-Request-ID: {rid}")
+
+        # Metrics: one timer per request, service2 gets one call per GET /. Each request
+        # ends with one access line per service; wait for them all to be read.
+        expected = len(BURST) + sent.get("/", 0)
+        _wait(lambda: len(statsd.timers) >= expected, 5.0)
+        for service, count in ((service1, len(BURST)), (service2, sent.get("/", 0))):
+            _wait(lambda s=service, n=count: _access_lines(s) >= n, 5.0)
+        # The trace of the last request to / that came with an ID (the first ones include
+        # the workers' warm-up): found by its access line.
+        chosen = [rid for path, given, _, rid in answers if path == "/" and given][-1]
+        trace_id = next(
+            (
+                str(x.get("trace_id", ""))
+                for x in service1.snapshot()
+                if x.get("request_id") == chosen and x.get("logger") == "observekit.access"
+            ),
+            "",
+        )
+        tree = spans.wait_for_trace(trace_id, 4) if trace_id else []
+
+        print("\n== Logs of both services, interleaved in time ==\n")
+        lines = sorted(
+            (
+                (str(x.get("timestamp", "")), s.name, x)
+                for s in services
+                for x in s.snapshot()
+                if x.get("request_id")
+            ),
+            key=lambda item: item[0],
+        )
+        print(f"-- request {chosen}: its lines in both services, as written --")
+        for _, _, line in lines:
+            if line.get("request_id") == chosen:
                 print(json.dumps(line))
-            print()
+        print("\n-- every request's lines (time, service, request ID, level, logger, message) --")
+        for _, name, line in lines:
+            print(_short(name, line))
+
+        print(f"\n== Trace {trace_id} (request {chosen}) ==\n")
+        for row in _demo.trace_tree(tree):
+            print(row)
+
+        print("\n== RED metrics per service and route (from the statsd timers received) ==\n")
+        for row in _demo.red_table(statsd.timers):
+            print(row)
+
         if keep_running:
-            print(f"the service stays up at {base} (try: curl -i {base}/orders/1); Ctrl-C stops it")
+            # SIGTERM (a supervisor, `kill`) stops the services too, as Ctrl-C does.
+            signal.signal(signal.SIGTERM, _interrupt)
+            print(f"\nthe services stay up: curl -i {url1}/  curl -i {url1}/fail  curl -i {url2}/")
+            print("Ctrl-C stops them")
             with contextlib.suppress(KeyboardInterrupt):
-                service.proc.wait()
+                service1.proc.wait()
     finally:
-        service.stop()
+        for service in reversed(services):
+            service.stop()
+        statsd.close()
+        spans.close()
     return 0
 
 
@@ -164,9 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``observekit`` command."""
     parser = argparse.ArgumentParser(prog="observekit")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="run the demo service and print its JSON lines")
+    demo_parser = commands.add_parser(
+        "demo", help="run two services, send them requests, print their logs, a trace and metrics"
+    )
     demo_parser.add_argument(
-        "--keep-running", action="store_true", help="leave the service up for you to curl"
+        "--keep-running", action="store_true", help="leave the services up for you to curl"
     )
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -39,6 +39,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,12 +49,13 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.sdk import version as _sdk_version
 from opentelemetry.sdk.resources import Resource, ServiceInstanceIdResourceDetector
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace import sampling as _sampling
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -61,8 +63,11 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags, set_span_in_context
 
+from . import _otlp
 from ._config import Config
 from ._every import Every
 from ._exceptions import ConfigError
@@ -73,6 +78,7 @@ __all__ = [
     "ServerSpans",
     "ashutdown",
     "configure",
+    "otlp_http_exporter",
     "current_ids",
     "export_stats",
     "is_configured",
@@ -116,6 +122,9 @@ _SERVER: Final = SpanKind.SERVER
 _INTERNAL: Final = SpanKind.INTERNAL
 _ERROR: Final = Status(StatusCode.ERROR)
 _ROOT: Final = Context()
+_UNSET: Final = Status(StatusCode.UNSET)
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 """The parent of a server span without incoming trace headers: never the current
 context, which a previous request on this thread may have left behind."""
 
@@ -217,6 +226,7 @@ def configure(
             resource=_build_resource(config),
             shutdown_on_exit=False,  # our own, bounded, exit handler below
         )
+        _own_providers.add(provider)
         processor = None
         if exporter is not None or config.traces_exporter != "none":
             processor = BoundedBatchSpanProcessor(
@@ -329,6 +339,8 @@ def export_stats(provider: TracerProvider | None = None) -> ExportStats:
 
 
 _processors: weakref.WeakSet[BoundedBatchSpanProcessor] = weakref.WeakSet()
+_own_providers: weakref.WeakSet[TracerProvider] = weakref.WeakSet()
+"""Providers :func:`configure` built (their processors are observekit's)."""
 _processor_of: weakref.WeakKeyDictionary[TracerProvider, BoundedBatchSpanProcessor] = (
     weakref.WeakKeyDictionary()
 )
@@ -488,11 +500,58 @@ def _build_exporter(config: Config) -> _GuardedExporter:
             f"pip install 'observekit[otel]' ({exc})",
         ) from None
     url = _traces_url(config.otlp_endpoint)
+    exporter_class = _fast_http_exporter(HttpExporter)
 
     def http_exporter() -> SpanExporter:
-        return HttpExporter(endpoint=url, timeout=timeout)
+        exporter: SpanExporter = exporter_class(endpoint=url, timeout=timeout)
+        return exporter
 
     return _GuardedExporter(http_exporter, url, rebuild_after_fork=True)
+
+
+def otlp_http_exporter(endpoint: str, **kwargs: Any) -> SpanExporter:
+    """OpenTelemetry's OTLP/HTTP span exporter, serializing with observekit's encoder.
+
+    ``endpoint`` is the full traces URL (``http://collector:4318/v1/traces``);
+    ``kwargs`` go to ``opentelemetry.exporter.otlp.proto.http.trace_exporter.
+    OTLPSpanExporter`` (headers, timeout, compression, session, ...). This is the
+    exporter :func:`configure` builds for ``traces_exporter="otlp"``; use it with
+    a TracerProvider of your own to export at the same cost.
+    """
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    exporter: SpanExporter = _fast_http_exporter(OTLPSpanExporter)(endpoint=endpoint, **kwargs)
+    return exporter
+
+
+def _fast_http_exporter(base: type[Any]) -> type[Any]:
+    """The SDK's OTLP/HTTP exporter, serializing with :mod:`observekit._otlp`.
+
+    Everything but the encoding is the SDK's: endpoint, headers, TLS,
+    compression, timeout, retries. The encoder writes the wire format directly
+    at about a third of the SDK's cost per span (``bench/span_cost.py``); where
+    the installed SDK has no ``_client`` to hand bytes to (before 1.4x), or the
+    encoder fails, the SDK's own ``export`` runs instead.
+    """
+
+    class FastOTLPSpanExporter(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._observekit_encoder = _otlp._Encoder()
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            client = getattr(self, "_client", None)
+            if client is None or getattr(self, "_shutdown", False):
+                return super().export(spans)  # type: ignore[no-any-return]
+            try:
+                data = self._observekit_encoder.encode(spans)
+            except Exception:
+                _log.exception("encoding %d spans failed; using the SDK's encoder", len(spans))
+                return super().export(spans)  # type: ignore[no-any-return]
+            result = client.export(data)
+            return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
+    return FastOTLPSpanExporter
 
 
 class _GuardedExporter(SpanExporter):
@@ -821,6 +880,281 @@ def _bounded(function: Callable[[], object], timeout: float, name: str) -> bool:
 # -- server spans --------------------------------------------------------------------
 
 
+class _LightSink:
+    """What a light span needs from the provider observekit configured, read once."""
+
+    __slots__ = (
+        "id_generator",
+        "limits",
+        "parent_based_on",
+        "processor",
+        "provider",
+        "sampler",
+        "scope",
+    )
+
+    def __init__(self, provider: TracerProvider, processor: BoundedBatchSpanProcessor | None):
+        self.sampler = provider.sampler
+        self.parent_based_on = _is_parent_based_always_on(self.sampler)
+        self.id_generator = provider.id_generator
+        # The resource is read when a span ends: the SDK renews it in a forked child.
+        self.provider = provider
+        self.processor = processor
+        self.limits = SpanLimits()
+        self.scope = InstrumentationScope(_SCOPE, _SCOPE_VERSION)
+
+    def start(
+        self,
+        name: str,
+        parent: Context | None,
+        attributes: dict[str, Any],
+        kind: SpanKind = SpanKind.SERVER,
+    ) -> trace.Span:
+        """A span of ``kind`` under ``parent`` (``None``: the current context)."""
+        parent_context = trace.get_current_span(parent).get_span_context()
+        if parent_context.is_valid:
+            trace_id = parent_context.trace_id
+            parent_or_none: trace.SpanContext | None = parent_context
+        else:
+            trace_id = self.id_generator.generate_trace_id()
+            parent_or_none = None
+        if self.parent_based_on:
+            # The default sampler's decision, without its call: sample a root, follow a
+            # parent; keep the parent's trace state; the attributes are ours, unchanged.
+            if parent_or_none is None:
+                sampled, trace_state = True, None
+            else:
+                sampled = parent_context.trace_flags.sampled
+                trace_state = parent_context.trace_state
+            context = trace.SpanContext(
+                trace_id,
+                self.id_generator.generate_span_id(),
+                is_remote=False,
+                trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+                trace_state=trace_state,
+            )
+            if not sampled:
+                return trace.NonRecordingSpan(context)
+            return _LightSpan(self, name, context, parent_or_none, attributes, kind)
+        result = self.sampler.should_sample(parent, trace_id, name, kind, attributes, None)
+        decision = result.decision
+        sampled = decision is _sampling.Decision.RECORD_AND_SAMPLE
+        context = trace.SpanContext(
+            trace_id,
+            self.id_generator.generate_span_id(),
+            is_remote=False,
+            trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+            trace_state=result.trace_state,
+        )
+        if not sampled and decision is not _sampling.Decision.RECORD_ONLY:
+            return trace.NonRecordingSpan(context)
+        return _LightSpan(self, name, context, parent_or_none, dict(result.attributes), kind)
+
+
+def _is_parent_based_always_on(sampler: object) -> bool:
+    """Whether ``sampler`` is exactly the SDK's default, ``ParentBased(ALWAYS_ON)``."""
+    return (
+        type(sampler) is _sampling.ParentBased
+        and getattr(sampler, "_root", None) is _sampling.ALWAYS_ON
+        and getattr(sampler, "_remote_parent_sampled", None) is _sampling.ALWAYS_ON
+        and getattr(sampler, "_local_parent_sampled", None) is _sampling.ALWAYS_ON
+        and getattr(sampler, "_remote_parent_not_sampled", None) is _sampling.ALWAYS_OFF
+        and getattr(sampler, "_local_parent_not_sampled", None) is _sampling.ALWAYS_OFF
+    )
+
+
+def _light_sink_for(provider: object) -> tuple[_LightSink, Any, Any] | None:
+    """A light-span sink for ``provider`` if :func:`configure` built it and it still holds
+    only the processor it was given: ``(sink, multi processor, processors)``. Before each
+    span, check ``multi._span_processors is processors`` (a processor added later
+    replaces that tuple; spans then go through the SDK)."""
+    multi = getattr(provider, "_active_span_processor", None)
+    if isinstance(provider, TracerProvider) and provider in _own_providers and multi is not None:
+        processors = getattr(multi, "_span_processors", None)
+        mine = _processor_of.get(provider)
+        if isinstance(processors, tuple) and processors == (() if mine is None else (mine,)):
+            return _LightSink(provider, mine), multi, processors
+    return None
+
+
+class _LightSpan(trace.Span):
+    """A SERVER or CLIENT span made without the SDK's ``Span`` machinery, handed to the
+    batch processor as a ``ReadableSpan`` when it ends.
+
+    Used only with a provider :func:`configure` built (its processors are
+    known). It is a complete ``opentelemetry.trace.Span`` for application code:
+    attributes a caller sets go through the SDK's ``BoundedAttributes`` (cleaning
+    and limits), events and links are bounded by the SDK's ``SpanLimits``, and
+    status follows the SDK's rules. What it skips is per-request work observekit
+    does not need for the attributes it sets itself, which are already clean.
+    """
+
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_end_time",
+        "_events",
+        "_kind",
+        "_links",
+        "_lock",
+        "_name",
+        "_parent",
+        "_sink",
+        "_start_time",
+        "_status",
+    )
+
+    def __init__(
+        self,
+        sink: _LightSink,
+        name: str,
+        context: trace.SpanContext,
+        parent: trace.SpanContext | None,
+        attributes: dict[str, Any],
+        kind: SpanKind = SpanKind.SERVER,
+    ) -> None:
+        self._sink = sink
+        self._kind = kind
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._attributes: dict[str, Any] | BoundedAttributes = attributes
+        self._events: BoundedList[Event] | None = None
+        self._links: BoundedList[trace.Link] | None = None
+        self._status = _UNSET
+        self._end_time: int | None = None
+        self._lock = threading.Lock()
+        self._start_time = time.time_ns()
+
+    def get_span_context(self) -> trace.SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return self._end_time is None
+
+    def _user_attributes(self) -> BoundedAttributes:
+        attributes = self._attributes
+        if not isinstance(attributes, BoundedAttributes):
+            limits = self._sink.limits
+            attributes = self._attributes = BoundedAttributes(
+                limits.max_span_attributes,
+                attributes,
+                immutable=False,
+                max_value_len=limits.max_span_attribute_length,
+            )
+        return attributes
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        with self._lock:
+            if self._end_time is None:
+                self._user_attributes()[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        with self._lock:
+            if self._end_time is None:
+                bounded = self._user_attributes()
+                for key, value in attributes.items():
+                    bounded[key] = value
+
+    def _set_clean(self, key: str, value: str | int) -> None:
+        """An attribute observekit made (a str or int): nothing to clean in a plain dict."""
+        self._attributes[key] = value
+
+    def add_event(
+        self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
+    ) -> None:
+        limits = self._sink.limits
+        event = Event(
+            name,
+            BoundedAttributes(
+                limits.max_event_attributes,
+                attributes,
+                immutable=True,
+                max_value_len=limits.max_attribute_length,
+            ),
+            timestamp,
+        )
+        with self._lock:
+            if self._end_time is not None:
+                return
+            if self._events is None:
+                self._events = BoundedList(limits.max_events)
+            self._events.append(event)
+
+    def add_link(self, context: trace.SpanContext, attributes: Any = None) -> None:
+        if not context.is_valid:
+            return
+        link = trace.Link(context, attributes)
+        with self._lock:
+            if self._end_time is not None:
+                return
+            if self._links is None:
+                self._links = BoundedList(self._sink.limits.max_links)
+            self._links.append(link)
+
+    def update_name(self, name: str) -> None:
+        with self._lock:
+            if self._end_time is None:
+                self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        # The SDK's rules: OK is final, UNSET is ignored.
+        if self._status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, Status):
+            if status.status_code is not StatusCode.UNSET:
+                self._status = status
+        elif status is not StatusCode.UNSET:
+            self._status = Status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Mapping[str, Any] | None = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        cls = type(exception)
+        module = cls.__module__
+        recorded: dict[str, Any] = {
+            "exception.type": f"{module}.{cls.__qualname__}"
+            if module and module != "builtins"
+            else cls.__qualname__,
+            "exception.message": str(exception),
+            "exception.stacktrace": "".join(traceback.format_exception(exception)),
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            recorded.update(attributes)
+        self.add_event("exception", recorded, timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        with self._lock:
+            if self._end_time is not None:
+                return
+            self._end_time = end_time if end_time is not None else time.time_ns()
+        processor = self._sink.processor
+        if processor is None or not self._context.trace_flags.sampled:
+            return
+        sink = self._sink
+        processor.on_end(
+            ReadableSpan(
+                name=self._name,
+                context=self._context,
+                parent=self._parent,
+                resource=sink.provider.resource,
+                attributes=self._attributes,
+                events=self._events or (),
+                links=self._links or (),
+                kind=self._kind,
+                status=self._status,
+                start_time=self._start_time,
+                end_time=self._end_time,
+                instrumentation_scope=sink.scope,
+            )
+        )
+
+
 class _Handle:
     __slots__ = ("context", "label", "route", "span", "trace_id")
 
@@ -843,6 +1177,14 @@ class ServerSpans:
     def __init__(self, config: Config, provider: trace.TracerProvider | None = None) -> None:
         source = provider if provider is not None else trace.get_tracer_provider()
         self._tracer = source.get_tracer(_SCOPE, _SCOPE_VERSION)
+        # A provider configure() built, still holding only the processor it was given:
+        # spans are made light (see _LightSpan). Anything else gets the SDK's spans.
+        self._light: _LightSink | None = None
+        self._processors: Any = None
+        self._verified: Any = None
+        found = _light_sink_for(source)
+        if found is not None:
+            self._light, self._processors, self._verified = found
         propagator = _build_propagator(config.propagators)
         self._extract = propagator.extract
         self.header_names: tuple[str, ...] = tuple(sorted(n.lower() for n in propagator.fields))
@@ -895,9 +1237,12 @@ class ServerSpans:
                 if name in headers:
                     parent = self._extract(headers, _ROOT)
                     break
-            span = self._tracer.start_span(
-                f"{label} {route}" if route else label, parent, _SERVER, attributes
-            )
+            name = f"{label} {route}" if route else label
+            light = self._light
+            if light is not None and self._processors._span_processors is self._verified:
+                span = light.start(name, parent, attributes)
+            else:
+                span = self._tracer.start_span(name, parent, _SERVER, attributes)
             return _Handle(span, parent, label, route)
         except Exception:
             self._internal_error("start")
@@ -945,17 +1290,19 @@ class ServerSpans:
         try:
             # One set_attribute per value: cheaper than set_attributes, which runs the
             # SDK's mapping checks before cleaning each value anyway.
+            # A light span takes observekit's own (clean) values without the SDK's checks.
+            set_attribute = span._set_clean if type(span) is _LightSpan else span.set_attribute
             if route and route != handle.route:
                 span.update_name(f"{handle.label} {route}")
-                span.set_attribute(_ROUTE, route)
+                set_attribute(_ROUTE, route)
             if status is not None:
-                span.set_attribute(_STATUS, status)
+                set_attribute(_STATUS, status)
             if error is not None:
                 span.record_exception(error, escaped=True)
-                span.set_attribute(_ERROR_TYPE, error_type or _qualified_name(type(error)))
+                set_attribute(_ERROR_TYPE, error_type or _qualified_name(type(error)))
                 span.set_status(Status(StatusCode.ERROR, _describe(error)))
             elif error_type or (status is not None and status >= 500):
-                span.set_attribute(_ERROR_TYPE, error_type or str(status))
+                set_attribute(_ERROR_TYPE, error_type or str(status))
                 span.set_status(_ERROR)
         except Exception:
             self._internal_error("finish")

@@ -13,6 +13,7 @@ chunk and for ``close()``, so streamed bodies log with the request's ID.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 from ._config import Config
@@ -49,6 +50,8 @@ class ObservabilityMiddleware:
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         observer = self.observer
+        if environ.get("PATH_INFO") in observer.health_paths:
+            return self._health(environ, start_response)
         try:
             headers = {}
             for name, key in self._environ_keys:
@@ -77,6 +80,10 @@ class ObservabilityMiddleware:
         response = _Response(exchange, start_response)
         token = exchange.enter()
         try:
+            if observer.guards is not None:
+                answer = exchange.guard()
+                if answer is not None:
+                    return response.answer(answer)
             result = self.app(environ, response.start_response)
         except BaseException as exc:
             exchange.fail(exc)
@@ -94,6 +101,34 @@ class ObservabilityMiddleware:
             # No application code runs while a list is iterated: no context to enter.
             response.plain = True
         return response
+
+    def _health(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        """Answer a health probe: no access line, metrics or span; never shed or limited."""
+        observer = self.observer
+        try:
+            answer = observer.health.answer(environ["PATH_INFO"])
+            headers = {}
+            for name, key in self._environ_keys[: len(observer.request_id_headers)]:
+                value = environ.get(key)
+                if value is not None:
+                    headers[name] = value
+            rid = observer.choose_request_id(headers)[0]
+        except Exception:
+            observer.internal_error("answering a health probe failed")
+            body: Iterable[bytes] = self.app(environ, start_response)
+            return body
+        start_response(
+            status_line(answer.status), [*answer.headers, (observer.response_header, rid)]
+        )
+        return [answer.body]
+
+
+def status_line(status: int) -> str:
+    """``"503 Service Unavailable"`` for 503."""
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"
 
 
 def _add_details(info: RequestInfo, environ: WSGIEnviron) -> None:
@@ -194,6 +229,13 @@ class _Response:
         except Exception:
             exchange.observer.internal_error("reading the response headers failed")
         return self._start_response(status, headers, exc_info)
+
+    def answer(self, answer: Any) -> _Response:
+        """Send a guard's short answer (shed, rate limited, injected fault) instead of the app's."""
+        self.start_response(status_line(answer.status), list(answer.headers))
+        self.body = (answer.body,)
+        self.plain = True
+        return self
 
     def replace_with_error(self, exc: Exception) -> bool:
         """Answer 500 (with the request ID) in place of a response not yet sent.

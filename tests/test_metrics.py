@@ -158,6 +158,50 @@ def test_every_request_is_exactly_one_datagram(
     assert sorted(float(d.metrics[0].value) for d in datagrams) == [float(i) for i in range(50)]
 
 
+def test_under_load_requests_are_packed_into_fewer_datagrams(
+    receiver: StatsdReceiver, make_statsd: Callable[..., StatsdMetrics]
+) -> None:
+    """With a flush interval, a burst of 300 requests arrives whole in far fewer datagrams,
+    none over max_packet, each request's two lines in the same datagram, within the interval."""
+    m = make_statsd(port=receiver.port, report_interval=60, flush_interval=0.05)
+    for i in range(300):
+        one_request(m, route=f"/r{i % 5}", duration=i / 1000)
+    receiver.wait_for(lambda r: len(r.metrics("http.server.requests")) >= 300, timeout=2.0)
+    datagrams = receiver.quiet()
+    assert len(datagrams) < 300 / 2
+    assert all(len(d.data) <= m.max_packet for d in datagrams)
+    durations = sorted(float(x.value) for x in receiver.metrics("http.server.request.duration"))
+    assert durations == [float(i) for i in range(300)]
+    for datagram in datagrams:
+        types = [x.type for x in datagram.metrics]
+        assert types == ["ms", "c"] * (len(types) // 2)
+
+
+def test_a_request_after_a_quiet_spell_is_sent_at_once(
+    receiver: StatsdReceiver, make_statsd: Callable[..., StatsdMetrics]
+) -> None:
+    """Packing never delays the first datagram after a quiet spell: it leaves in the call."""
+    m = make_statsd(port=receiver.port, report_interval=60, flush_interval=5.0)
+    one_request(m)
+    assert m.sent == 1
+    one_request(m)  # within the interval: held for packing
+    assert m.sent == 1
+    m.flush()
+    assert m.sent == 2
+    assert len(receiver.wait_for_count(2)) == 2
+
+
+def test_held_lines_are_sent_on_close(
+    receiver: StatsdReceiver, make_statsd: Callable[..., StatsdMetrics]
+) -> None:
+    """Lines still held for packing when the backend closes (at exit too) are sent, not lost."""
+    m = make_statsd(port=receiver.port, report_interval=60, flush_interval=5.0)
+    for _ in range(4):
+        one_request(m)
+    m.close()
+    receiver.wait_for(lambda r: len(r.metrics("http.server.requests")) == 4, timeout=2.0)
+
+
 def test_wire_format_matches_the_statsd_package(
     receiver: StatsdReceiver, make_statsd: Callable[..., StatsdMetrics]
 ) -> None:

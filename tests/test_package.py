@@ -28,7 +28,19 @@ HEAVY = [
 
 
 @pytest.mark.parametrize(
-    "module", ["observekit", "observekit.wsgi", "observekit.asgi", "observekit.logging"]
+    "module",
+    [
+        "observekit",
+        "observekit.wsgi",
+        "observekit.asgi",
+        "observekit.logging",
+        "observekit.propagation",
+        "observekit.propagation.headers",
+        "observekit._adapters",
+        "observekit.resilience",
+        "observekit.resilience.guards",
+        "observekit.cli",
+    ],
 )
 def test_import_pulls_in_no_framework_client_or_sdk(module: str) -> None:
     """Importing observekit or its WSGI/ASGI middleware imports no framework, HTTP client or OTel SDK."""
@@ -74,3 +86,30 @@ def test_public_api_has_docstrings() -> None:
         if callable(o) and not (o.__doc__ or "").strip()
     ]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"),
+    [
+        pytest.param("observekit.django", "django", id="django"),
+        pytest.param("observekit.flask", "flask", id="flask"),
+        pytest.param("observekit.starlette", "starlette", id="starlette"),
+        pytest.param("observekit.aiohttp", "aiohttp", id="aiohttp"),
+        pytest.param("observekit.gunicorn", "gunicorn", id="gunicorn"),
+        pytest.param("observekit.uvicorn", "uvicorn", id="uvicorn"),
+    ],
+)
+def test_adapter_without_its_framework_names_the_extra(module: str, extra: str) -> None:
+    """Importing an adapter whose framework is missing fails with the pip extra to install."""
+    code = (
+        "import sys\n"
+        f"sys.modules[{extra!r}] = None\n"
+        "try:\n"
+        f"    import {module}\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert f'pip install "observekit[{extra}]"' in out

@@ -31,6 +31,9 @@ from .._config import Config
 
 __all__ = [
     "ACTIVE_REQUESTS",
+    "CLIENT_ERRORS",
+    "CLIENT_REQUESTS",
+    "CLIENT_REQUEST_DURATION",
     "DURATION_BUCKETS",
     "EXCEPTIONS",
     "QUEUE_SIZE",
@@ -54,6 +57,13 @@ ACTIVE_REQUESTS = "http.server.active_requests"
 """Requests in flight (statsd gauge, OpenTelemetry UpDownCounter); labelled by method only."""
 EXCEPTIONS = "http.server.exceptions"
 """Requests that ended in an exception, labelled ``error.type``."""
+CLIENT_REQUEST_DURATION = "http.client.request.duration"
+"""Outgoing calls (:mod:`observekit.propagation`), until the response body is read or closed:
+labelled method, ``server.address``, ``server.port``, status."""
+CLIENT_REQUESTS = "http.client.requests"
+"""Outgoing calls counted when they finish."""
+CLIENT_ERRORS = "http.client.errors"
+"""Outgoing calls that failed (transport error, or status >= 400), labelled ``error.type``."""
 TASK_DURATION = "task.duration"
 TASK_COMPLETED = "task.completed"
 TASK_ACTIVE = "task.active"
@@ -83,6 +93,8 @@ METHOD = "http.request.method"
 ROUTE = "http.route"
 STATUS = "http.response.status_code"
 ERROR_TYPE = "error.type"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
 SERVICE_NAME = "service.name"
 SERVICE_VERSION = "service.version"
 ENVIRONMENT = "deployment.environment"
@@ -110,6 +122,18 @@ class Metrics(Protocol):
     ) -> None:
         """Active -1, the duration, the request count and, with ``error_type``, an exception."""
 
+    def client_request_finished(
+        self,
+        method: str,
+        server_address: str,
+        server_port: int,
+        status: int,
+        duration_s: float,
+        error_type: str | None,
+    ) -> None:
+        """One outgoing call: ``http.client.request.duration``, ``http.client.requests`` and,
+        with ``error_type`` (``timeout``, ``connection_refused``, ``"503"``...), an error."""
+
     def task_started(self, name: str) -> None:
         """``task.active`` +1."""
 
@@ -118,6 +142,9 @@ class Metrics(Protocol):
 
     def gauge(self, name: str, value: float, attributes: Mapping[str, str] | None = None) -> None:
         """Set a gauge (such as ``queue.size``) to ``value``."""
+
+    def count(self, name: str, attributes: Mapping[str, str] | None = None, value: int = 1) -> None:
+        """Add ``value`` to the counter ``name`` (resilience events: shed, rate-limited, faults)."""
 
     def flush(self, timeout: float) -> None:
         """Send whatever is pending, waiting at most ``timeout`` seconds."""
@@ -159,6 +186,7 @@ def _key(kind: str, config: Config) -> tuple[Any, ...]:
             config.statsd_tags,
             config.statsd_max_packet,
             config.statsd_dns_ttl,
+            config.statsd_flush_interval,
         )
     return common
 

@@ -19,6 +19,8 @@ from . import (
     ERROR_TYPE,
     METHOD,
     ROUTE,
+    SERVER_ADDRESS,
+    SERVER_PORT,
     STATUS,
     TASK_NAME,
     TASK_OUTCOME,
@@ -110,6 +112,9 @@ class MemoryMetrics:
             self._task_durations: dict[str, _Samples] = {}
             self._task_active: dict[str, int] = {}
             self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+            self._client: dict[tuple[str, str, int, int], _Samples] = {}
+            self._client_errors: dict[tuple[str, str, int, int, str], int] = {}
+            self._counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
 
     # -- the Metrics interface ------------------------------------------------------
 
@@ -130,6 +135,25 @@ class MemoryMetrics:
             if error_type is not None:
                 ekey = (method, route, status, error_type)
                 self._exceptions[ekey] = self._exceptions.get(ekey, 0) + 1
+
+    def client_request_finished(
+        self,
+        method: str,
+        server_address: str,
+        server_port: int,
+        status: int,
+        duration_s: float,
+        error_type: str | None,
+    ) -> None:
+        key = (method, server_address, server_port, status)
+        with self._lock:
+            samples = self._client.get(key)
+            if samples is None:
+                samples = self._client[key] = _Samples(self.max_samples)
+            samples.add(duration_s)
+            if error_type is not None:
+                ekey = (*key, error_type)
+                self._client_errors[ekey] = self._client_errors.get(ekey, 0) + 1
 
     def task_started(self, name: str) -> None:
         with self._lock:
@@ -155,6 +179,25 @@ class MemoryMetrics:
         with self._lock:
             self._gauges[key] = number
 
+    def count(self, name: str, attributes: Mapping[str, str] | None = None, value: int = 1) -> None:
+        try:
+            key = (name, tuple(sorted(attributes.items())) if attributes else ())
+            amount = int(value)
+        except (TypeError, ValueError):
+            return
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + amount
+
+    def counter(self, name: str, **attributes: str) -> int:
+        """The sum of counter ``name`` over every label set that includes ``attributes``."""
+        wanted = set(attributes.items())
+        with self._lock:
+            return sum(
+                n
+                for (cname, attrs), n in self._counters.items()
+                if cname == name and wanted <= set(attrs)
+            )
+
     def flush(self, timeout: float = 0.0) -> None:
         return None
 
@@ -172,7 +215,10 @@ class MemoryMetrics:
         ``max``, ``p50``, ``p95``, ``p99``; ``active_requests``: method -> in flight;
         ``exceptions``: per (method, route, status, error.type); ``tasks``: per
         (task.name, task.outcome, error.type) with ``count``; ``task_durations``:
-        task name -> summary; ``task_active``; ``gauges``: name, attributes, value.
+        task name -> summary; ``task_active``; ``gauges`` and ``counters``: name,
+        attributes, value; ``client_requests``: one entry per outgoing (method,
+        server.address, server.port, status) with the duration summary;
+        ``client_errors``: the same plus ``error.type``.
         """
         with self._lock:
             requests = [
@@ -198,6 +244,25 @@ class MemoryMetrics:
                 "gauges": [
                     {"name": name, "attributes": dict(attrs), "value": value}
                     for (name, attrs), value in self._gauges.items()
+                ],
+                "client_requests": [
+                    {METHOD: m, SERVER_ADDRESS: a, SERVER_PORT: p, STATUS: s, **samples.summary()}
+                    for (m, a, p, s), samples in self._client.items()
+                ],
+                "client_errors": [
+                    {
+                        METHOD: m,
+                        SERVER_ADDRESS: a,
+                        SERVER_PORT: p,
+                        STATUS: s,
+                        ERROR_TYPE: e,
+                        "count": n,
+                    }
+                    for (m, a, p, s, e), n in self._client_errors.items()
+                ],
+                "counters": [
+                    {"name": name, "attributes": dict(attrs), "value": value}
+                    for (name, attrs), value in self._counters.items()
                 ],
             }
 

@@ -16,6 +16,12 @@ task.duration                   Histogram                 s            task.name
                                                                        [, error.type]
 task.completed                  ObservableCounter         {task}       as the duration
 task.active                     ObservableUpDownCounter   {task}       task.name
+http.client.request.duration    Histogram                 s            method, server.address,
+                                                                       server.port, status
+                                                                       [, error.type]
+http.client.requests            ObservableCounter         {request}    as the duration
+http.client.errors              ObservableCounter         {error}      as the duration, with
+                                                                       error.type
 (any gauge, e.g. queue.size)    Gauge                                  the attributes given
 ==============================  ========================  ===========  =========================
 
@@ -48,6 +54,9 @@ from typing import TYPE_CHECKING, Any
 from .._every import Every
 from . import (
     ACTIVE_REQUESTS,
+    CLIENT_ERRORS,
+    CLIENT_REQUEST_DURATION,
+    CLIENT_REQUESTS,
     DURATION_BUCKETS,
     ENVIRONMENT,
     ERROR_TYPE,
@@ -56,6 +65,8 @@ from . import (
     REQUEST_DURATION,
     REQUESTS,
     ROUTE,
+    SERVER_ADDRESS,
+    SERVER_PORT,
     SERVICE_NAME,
     SERVICE_VERSION,
     STATUS,
@@ -147,7 +158,15 @@ class _Instruments:
             description="Duration of tasks.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
+        self.client_duration = meter.create_histogram(
+            CLIENT_REQUEST_DURATION,
+            unit="s",
+            description="Duration of HTTP client requests.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
         self.requests = _Tally(cap)
+        self.client_requests = _Tally(cap)
+        self.client_errors = _Tally(cap)
         self.active = _Tally(cap)
         self.exceptions = _Tally(cap)
         self.task_completed = _Tally(cap)
@@ -179,10 +198,31 @@ class _Instruments:
         meter.create_observable_up_down_counter(
             TASK_ACTIVE, [self.task_active.observe], unit="{task}", description="Tasks running."
         )
+        meter.create_observable_counter(
+            CLIENT_REQUESTS,
+            [self.client_requests.observe],
+            unit="{request}",
+            description="HTTP client requests finished.",
+        )
+        meter.create_observable_counter(
+            CLIENT_ERRORS,
+            [self.client_errors.observe],
+            unit="{error}",
+            description="HTTP client requests that failed, by error.type.",
+        )
         self.gauges: dict[str, Any] = {}
+        self.counters: dict[str, Any] = {}
 
     def tallies(self) -> tuple[_Tally, ...]:
-        return (self.requests, self.active, self.exceptions, self.task_completed, self.task_active)
+        return (
+            self.requests,
+            self.active,
+            self.exceptions,
+            self.task_completed,
+            self.task_active,
+            self.client_requests,
+            self.client_errors,
+        )
 
 
 _registry: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
@@ -239,6 +279,7 @@ class OtelMetrics:
         self._task_attrs: dict[tuple[str, str | None], tuple[tuple[Any, ...], Attrs]] = {}
         self._task_names: dict[str, tuple[tuple[Any, ...], Attrs]] = {}
         self._gauge_attrs: dict[tuple[tuple[str, str], ...], Attrs] = {}
+        self._client_attrs: dict[tuple[str, str, int, int, str | None], tuple[Any, ...]] = {}
         self._closed = False
         self.errors = 0
         self._warnings = Every(60.0)
@@ -319,6 +360,38 @@ class OtelMetrics:
         except Exception:
             self._error()
 
+    def client_request_finished(
+        self,
+        method: str,
+        server_address: str,
+        server_port: int,
+        status: int,
+        duration_s: float,
+        error_type: str | None,
+    ) -> None:
+        if self._closed:
+            return
+        try:
+            key = (method, server_address, server_port, status, error_type)
+            found = self._client_attrs.get(key)
+            if found is None:
+                attrs: Attrs = {METHOD: method, SERVER_ADDRESS: server_address}
+                attrs[SERVER_PORT] = server_port
+                if status:
+                    attrs[STATUS] = status
+                if error_type is not None:
+                    attrs[ERROR_TYPE] = error_type
+                value = (self._ident + key, {**attrs, **self._const})
+                found = self._cache(self._client_attrs, key, value)
+            tally_key, attrs = found
+            inst = self._inst
+            inst.client_duration.record(duration_s, attrs)
+            inst.client_requests.add(tally_key, attrs, 1)
+            if error_type is not None:
+                inst.client_errors.add(tally_key, attrs, 1)
+        except Exception:
+            self._error()
+
     def task_started(self, name: str) -> None:
         if self._closed:
             return
@@ -355,17 +428,37 @@ class OtelMetrics:
         if self._closed:
             return
         try:
-            gauges = self._inst.gauges
-            instrument = gauges.get(name)
-            if instrument is None:
-                instrument = gauges[name] = self._inst.meter.create_gauge(name)
-            key = tuple(sorted(attributes.items())) if attributes else ()
-            attrs = self._gauge_attrs.get(key)
-            if attrs is None:
-                attrs = self._cache(self._gauge_attrs, key, {**dict(key), **self._const})
+            instrument, attrs = self._named(self._inst.gauges, "gauge", name, attributes)
             instrument.set(value, attrs)
         except Exception:
             self._error()
+
+    def count(self, name: str, attributes: Mapping[str, str] | None = None, value: int = 1) -> None:
+        if self._closed:
+            return
+        try:
+            instrument, attrs = self._named(self._inst.counters, "counter", name, attributes)
+            instrument.add(value, attrs)
+        except Exception:
+            self._error()
+
+    def _named(
+        self,
+        made: dict[str, Any],
+        kind: str,
+        name: str,
+        attributes: Mapping[str, str] | None,
+    ) -> tuple[Any, Attrs]:
+        """The instrument named ``name`` (made once) and the cached attributes for a point."""
+        instrument = made.get(name)
+        if instrument is None:
+            create = getattr(self._inst.meter, f"create_{kind}")
+            instrument = made[name] = create(name)
+        key = tuple(sorted(attributes.items())) if attributes else ()
+        attrs = self._gauge_attrs.get(key)
+        if attrs is None:
+            attrs = self._cache(self._gauge_attrs, key, {**dict(key), **self._const})
+        return instrument, attrs
 
     def flush(self, timeout: float = 5.0) -> None:
         """``force_flush`` the MeterProvider (an SDK provider exports now), within ``timeout``."""

@@ -1,4 +1,4 @@
-"""statsd / DogStatsD over UDP: one datagram per request, no DNS on the request path.
+"""statsd / DogStatsD over UDP: one datagram per request or fewer, no DNS on the request path.
 
 Wire format (``statsd_tags="dogstatsd"``, the default), one datagram per request::
 
@@ -10,6 +10,14 @@ request raised, and an ``http.server.active_requests`` line when that gauge
 changed since it was last reported (see below). Lines are joined with ``\\n``;
 when they do not fit in ``statsd_max_packet`` bytes they are split over
 several datagrams, and a single line that cannot fit is dropped and counted.
+
+Under load, datagrams are packed: one that comes less than
+``statsd_flush_interval`` seconds (Config default 0.05; the constructor's
+``flush_interval`` default 0) after the previous send joins a
+packet of up to ``statsd_max_packet`` bytes, which a background thread sends
+within that interval (or at once when it is full). A request after a quiet spell
+is sent immediately. ``statsd_flush_interval=0`` sends every request's datagram
+at once. Held lines are sent by ``flush()``, ``close()`` and at exit.
 
 Tag values keep only ``A-Za-z0-9_-./{}<>~*``; anything else (``|``, ``#``, ``,``,
 ``:``, ``@``, spaces, newlines, non-ASCII) becomes ``_`` and values are cut at
@@ -25,6 +33,9 @@ into the name, in a fixed order, each sanitized to ``A-Za-z0-9_-``::
     <prefix>.http.server.active_requests.<method>                      gauge deltas
     <prefix>.task.duration.<task>.<outcome>   task.completed.<task>.<outcome>[.<error_type>]
     <prefix>.task.active.<task>               <prefix>.<gauge name>.<value>...  (keys sorted)
+    <prefix>.http.client.request.duration.<method>.<address>.<port>.<status>   timer, ms
+    <prefix>.http.client.requests.<method>.<address>.<port>.<status>           counter
+    <prefix>.http.client.errors.<method>.<address>.<port>.<status>.<error_type>
 
 where ``<route>`` is the template without its outer slashes, ``/`` as ``_`` and
 ``{}<>`` dropped (``/users/{id}`` -> ``users_id``, ``/`` -> ``root``), and dots
@@ -91,6 +102,9 @@ from typing import TYPE_CHECKING, Any
 from .._every import Every
 from . import (
     ACTIVE_REQUESTS,
+    CLIENT_ERRORS,
+    CLIENT_REQUEST_DURATION,
+    CLIENT_REQUESTS,
     ENVIRONMENT,
     ERROR_TYPE,
     EXCEPTIONS,
@@ -98,6 +112,8 @@ from . import (
     REQUEST_DURATION,
     REQUESTS,
     ROUTE,
+    SERVER_ADDRESS,
+    SERVER_PORT,
     SERVICE_NAME,
     SERVICE_VERSION,
     STATUS,
@@ -291,6 +307,7 @@ class StatsdMetrics:
         max_keys: int = 20_000,
         resolver: Resolver | None = None,
         report_interval: float = 1.0,
+        flush_interval: float = 0.0,
     ) -> None:
         if not isinstance(host, str) or not host:
             raise ValueError(f"host must be a non-empty string, got {host!r}")
@@ -300,14 +317,24 @@ class StatsdMetrics:
             raise ValueError(f"tags must be 'dogstatsd' or 'none', got {tags!r}")
         if isinstance(max_packet, bool) or not isinstance(max_packet, int) or max_packet < 64:
             raise ValueError(f"max_packet must be a whole number >= 64, got {max_packet!r}")
-        if dns_ttl < 0 or report_interval <= 0:
-            raise ValueError("dns_ttl must be >= 0 and report_interval > 0")
+        if dns_ttl < 0 or report_interval <= 0 or not 0 <= flush_interval <= 10:
+            raise ValueError(
+                "dns_ttl must be >= 0, report_interval > 0 and flush_interval 0-10 seconds"
+            )
         self.host = host
         self.port = port
         self.dogstatsd = tags == "dogstatsd"
         self.max_packet = max_packet
         self._ttl = float(dns_ttl)
         self._interval = float(report_interval)
+        # Datagrams that come less than flush_interval after the last send are packed
+        # together (up to max_packet) and sent by the background thread: under load one
+        # datagram carries several requests' lines, and the kernel's per-datagram work is
+        # paid once for them. A request after a quiet spell is still sent at once.
+        self._flush_interval = float(flush_interval)
+        self._pending = bytearray()
+        self._pending_lock = threading.Lock()
+        self._last_send = -math.inf
         self._resolver: Resolver = resolver or _getaddrinfo
         self._max_keys = max_keys
         clean_prefix = metric_name(prefix) if prefix.strip(".") else ""
@@ -321,6 +348,7 @@ class StatsdMetrics:
         self._templates: dict[tuple[str, str, int], bytes] = {}
         self._exception_lines: dict[tuple[str, str, int, str], bytes] = {}
         self._gauge_heads: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[str, str]] = {}
+        self._client_templates: dict[tuple[str, str, int, int], tuple[bytes, str, str]] = {}
         self._http_active = _InFlight(ACTIVE_REQUESTS, METHOD, 32)
         self._task_active = _InFlight(TASK_ACTIVE, TASK_NAME, 256)
         # Counters (plain ints: exact with one thread, close enough under several).
@@ -366,6 +394,7 @@ class StatsdMetrics:
             tags=config.statsd_tags,
             max_packet=config.statsd_max_packet,
             dns_ttl=config.statsd_dns_ttl,
+            flush_interval=config.statsd_flush_interval,
             service_name=config.service_name,
             service_version=config.resolved_service_version(),
             environment=config.environment,
@@ -406,6 +435,59 @@ class StatsdMetrics:
                 self._send_lines(data.split(b"\n"))
         except Exception:
             self._internal_error()
+
+    def client_request_finished(
+        self,
+        method: str,
+        server_address: str,
+        server_port: int,
+        status: int,
+        duration_s: float,
+        error_type: str | None,
+    ) -> None:
+        try:
+            key = (method, server_address, server_port, status)
+            found = self._client_templates.get(key)
+            if found is None:
+                found = self._client_template(*key)
+            template, folded, tags = found
+            data = template % (duration_s * 1000.0)
+            if error_type is not None:
+                if self.dogstatsd:
+                    line = f"{CLIENT_ERRORS}{folded}:1|c{tags},{ERROR_TYPE}:{tag_value(error_type)}"
+                else:
+                    part = name_part(error_type.replace(".", "_"))
+                    line = f"{CLIENT_ERRORS}{folded}.{part}:1|c"
+                data += f"\n{self._prefix}{line}".encode()
+            if len(data) <= self.max_packet:
+                self._send(data)
+            else:
+                self._send_lines(data.split(b"\n"))
+        except Exception:
+            self._internal_error()
+
+    def _client_template(
+        self, method: str, address: str, port: int, status: int
+    ) -> tuple[bytes, str, str]:
+        if self.dogstatsd:
+            folded = ""
+            tags = (
+                f"|#{METHOD}:{tag_value(method)},{SERVER_ADDRESS}:{tag_value(address)},"
+                f"{SERVER_PORT}:{port},{STATUS}:{tag_value(status)},{self._const}"
+            )
+        else:
+            folded = f".{name_part(method)}.{name_part(address)}.{port}.{name_part(status)}"
+            tags = ""
+        p = self._prefix
+        escaped = tags.replace("%", "%%")
+        text = (
+            f"{p}{CLIENT_REQUEST_DURATION}{folded}:%.6f|ms{escaped}\n"
+            f"{p}{CLIENT_REQUESTS}{folded}:1|c{escaped}"
+        )
+        value = (text.encode(), folded, tags)
+        if len(self._client_templates) < self._max_keys:
+            self._client_templates[(method, address, port, status)] = value
+        return value
 
     def task_started(self, name: str) -> None:
         try:
@@ -459,10 +541,23 @@ class StatsdMetrics:
         except Exception:
             self._internal_error()
 
+    def count(self, name: str, attributes: Mapping[str, str] | None = None, value: int = 1) -> None:
+        try:
+            key = (name, tuple(sorted(attributes.items())) if attributes else ())
+            head = self._gauge_heads.get(key)
+            if head is None:
+                head = self._gauge_head(*key)
+            lines = _Lines(self._lib_prefix, head[1])
+            lines.incr(head[0], int(value))
+            self._send_lines(lines.encode())
+        except Exception:
+            self._internal_error()
+
     def flush(self, timeout: float = 1.0) -> None:
-        """Report in-flight changes now (every other metric was sent when recorded)."""
+        """Report in-flight changes and send every datagram held back for packing, now."""
         try:
             self._report(heartbeat=False)
+            self._flush_pending()
         except Exception:
             self._internal_error()
 
@@ -588,6 +683,41 @@ class StatsdMetrics:
     # -- sending ------------------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
+        """Send now after a quiet spell, else add to the packet the background thread sends."""
+        interval = self._flush_interval
+        if interval:
+            now = time.monotonic()
+            if now - self._last_send < interval or self._pending:
+                self._hold(data)
+                return
+            self._last_send = now
+        self._send_now(data)
+
+    def _hold(self, data: bytes) -> None:
+        full = None
+        with self._pending_lock:
+            pending = self._pending
+            if pending and len(pending) + 1 + len(data) > self.max_packet:
+                full = bytes(pending)
+                pending.clear()
+            if pending:
+                pending += b"\n"
+            pending += data
+        if full is not None:
+            self._send_now(full)
+        if self._ticker is None:
+            self._start_ticker()
+
+    def _flush_pending(self) -> None:
+        with self._pending_lock:
+            if not self._pending:
+                return
+            data = bytes(self._pending)
+            self._pending.clear()
+        self._last_send = time.monotonic()
+        self._send_now(data)
+
+    def _send_now(self, data: bytes) -> None:
         sock = self._sock
         if sock is None:
             self.dropped += 1
@@ -691,7 +821,11 @@ class StatsdMetrics:
                         last_beat = now
                     self._report(heartbeat)
                     next_report = now + self._interval
+                if self._pending:
+                    self._flush_pending()
                 wait = max(0.01, min(next_report, self._next_resolve) - time.monotonic())
+                if self._flush_interval:
+                    wait = min(wait, self._flush_interval)
             except Exception:
                 self._internal_error()
             if stop.wait(wait):
@@ -752,6 +886,10 @@ class StatsdMetrics:
     def _after_fork_in_child(self) -> None:
         was_resolving = self._resolving
         self._lock = threading.Lock()
+        # Lines held for packing are the parent's to send, not this child's.
+        self._pending_lock = threading.Lock()
+        self._pending = bytearray()
+        self._last_send = -math.inf
         self._warnings = Every(_WARN_EVERY)
         self._stop = threading.Event()
         self._ticker = None

@@ -86,15 +86,18 @@ SERVERS = [
         ),
         id="gunicorn-gthread",
     ),
-    pytest.param(ServerSpec("uvicorn", "asgi", _UVICORN, False), id="uvicorn"),
     pytest.param(
-        ServerSpec("uvicorn-asyncio", "asgi", f"{_UVICORN} --loop asyncio", False),
-        id="uvicorn-asyncio",
+        ServerSpec("uvicorn", "asgi", f"{_UVICORN} --loop asyncio --http h11", False),
+        id="uvicorn",
+    ),
+    pytest.param(
+        ServerSpec("uvicorn-standard", "asgi", f"{_UVICORN} --loop uvloop --http httptools", True),
+        id="uvicorn-standard",
     ),
 ]
-"""In this venv uvicorn's "auto" picks asyncio and h11 (no uvloop, no httptools),
-so the two uvicorn entries run the same code; "auto" would switch to uvloop and
-httptools where they are installed."""
+"""uvicorn twice: pure Python (asyncio loop, h11 parser), and what ``uvicorn[standard]``
+installs and "auto" picks (uvloop, httptools), whose parser refuses control bytes in
+header values itself."""
 
 
 class LogFile:
@@ -199,12 +202,42 @@ def _wait_until_listening(proc: subprocess.Popen[bytes], port: int, stderr: Path
             time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _wait_until_healthy(
+    proc: subprocess.Popen[bytes], base_url: str, stderr: Path, seconds: float
+) -> None:
+    """Poll ``/healthz`` until it answers 200 (every worker booted); fail with the server's stderr."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{_tail(stderr)}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"not ready within {seconds} s (boot deadlock?):\n{_tail(stderr)}")
+        time.sleep(0.05)
+
+
+def _tail(stderr: Path) -> str:
+    return stderr.read_text(errors="replace")[-3000:]
+
+
+def _child_env(*drop_prefixes: str) -> dict[str, str]:
+    """This environment without what would change how a server under test behaves."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PYTHONWARNINGS"}
+        and not key.startswith(("OTEL_", "OBSERVEKIT_", *drop_prefixes))
+    }
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     """SIGTERM (graceful), then SIGKILL the whole process group (master and workers)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+            proc.wait(timeout=grace)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # the group we started: leftover workers
     proc.wait(timeout=10)
@@ -218,12 +251,7 @@ def server(
     workdir = tmp_path_factory.mktemp(spec.name)
     port = _free_port()
     argv = spec.argv(port)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PYTHONWARNINGS"}
-        and not key.startswith(("OTEL_", "OBSERVEKIT_"))
-    }
+    env = _child_env()
     env["PYTHONPATH"] = str(ROOT)
     stdout_path, stderr_path = workdir / "stdout.log", workdir / "stderr.log"
     # Append mode: the workers share the file, and O_APPEND keeps each line whole.

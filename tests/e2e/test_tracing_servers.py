@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.test_servers import _child_env, _free_port, _stop, _wait_until_healthy
 from tests.otlp_receiver import HangingReceiver, OTLPReceiver, closed_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -71,22 +71,11 @@ class Server:
         return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serving(command: str, tmp_path: Path, endpoint: str, *, delay: float = 0.2) -> Iterator[Server]:
     """Start the server (its own process group), wait until /healthz answers; kill at the end."""
     port = _free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "PYTHONWARNINGS"}
-        and not k.startswith(("OTEL_", "OBSERVEKIT_"))
-    }
+    env = _child_env()
     env.update(
         PYTHONPATH=str(ROOT),
         TRACING_E2E_ENDPOINT=endpoint,
@@ -107,25 +96,10 @@ def serving(command: str, tmp_path: Path, endpoint: str, *, delay: float = 0.2) 
         )
     server = Server(proc, f"http://127.0.0.1:{port}", stdout, stderr, time.monotonic())
     try:
-        deadline = server.started + BOOT_SECONDS
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{server.tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.base_url}/healthz", timeout=1.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready within {BOOT_SECONDS} s (boot deadlock?):\n{server.tail()}")
-            time.sleep(0.05)
+        _wait_until_healthy(proc, server.base_url, stderr, BOOT_SECONDS)
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # leftover workers of the group we started
-        proc.wait(timeout=10)
+        _stop(proc, grace=30.0)
 
 
 def reach_workers(server: Server, workers: int, *, timeout: float = BOOT_SECONDS) -> dict[int, str]:

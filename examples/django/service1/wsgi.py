@@ -1,0 +1,10 @@
+"""service1's WSGI application (``gunicorn service1.wsgi``)."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "service1.settings")
+application = get_wsgi_application()

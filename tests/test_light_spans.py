@@ -1,0 +1,218 @@
+"""Server spans made without the SDK's Span machinery, on a provider configure() built.
+
+They must behave as SDK spans do for everything an application can do with the
+current span, and give way to the SDK's spans as soon as the provider holds a
+processor observekit does not know.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status, StatusCode
+
+import observekit
+import observekit.tracing
+from observekit import Config
+from observekit.tracing import _LightSpan
+from observekit.wsgi import ObservabilityMiddleware
+
+from .util import call
+
+ODD = object()
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+class Keep(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+@pytest.fixture
+def keep() -> Iterator[tuple[Keep, Any, Config]]:
+    exporter = Keep()
+    config = Config(service_name="light", traces_exporter="otlp")
+    provider = observekit.tracing.configure(
+        config, exporter=exporter, set_global=False, schedule_delay=0.05
+    )
+    yield exporter, provider, config
+    provider.shutdown()
+    observekit.logging.use_trace_ids(None)
+
+
+def serve(provider: Any, config: Config, app: Any, **kwargs: Any) -> Any:
+    middleware = ObservabilityMiddleware(app, config=config, tracer_provider=provider)
+    result = call(middleware, "/work", **kwargs)
+    provider.force_flush()
+    return result
+
+
+def test_application_code_enriches_the_current_server_span(
+    keep: tuple[Keep, Any, Config],
+) -> None:
+    """set_attribute(s), events, exceptions, status, links and an SDK child span all reach
+    the exported server span, which is a light one."""
+    exporter, provider, config = keep
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        span = trace.get_current_span()
+        seen.append(span)
+        span.set_attribute("user.id", 42)
+        span.set_attributes({"tenant": "acme", "flags": ["a", "b"]})
+        span.set_attribute("obj", ODD)  # the SDK's cleaning applies
+        span.add_event("cache.miss", {"key": "k1"})
+        span.add_link(trace.SpanContext(0xABC, 0xDEF, is_remote=True))
+        span.record_exception(KeyError("k1"))
+        span.set_status(Status(StatusCode.ERROR, "degraded"))
+        with provider.get_tracer("app").start_as_current_span("SELECT") as child:
+            child.set_attribute("db.system", "sqlite")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    result = serve(provider, config, app, headers={"traceparent": TRACEPARENT})
+    assert result.status == "200 OK"
+    assert type(seen[0]) is _LightSpan
+    server = next(s for s in exporter.spans if s.kind is trace.SpanKind.SERVER)
+    child = next(s for s in exporter.spans if s.name == "SELECT")
+    assert child.parent is not None
+    assert child.parent.span_id == server.context.span_id
+    assert child.context.trace_id == server.context.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    assert server.parent is not None
+    assert server.parent.is_remote
+    attrs = dict(server.attributes)
+    assert attrs["user.id"] == 42
+    assert attrs["tenant"] == "acme"
+    assert attrs["flags"] == ("a", "b")
+    reference = TracerProvider().get_tracer("ref").start_span("ref")
+    reference.set_attribute("obj", ODD)
+    assert attrs["obj"] == reference.attributes["obj"]
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["http.request.method"] == "GET"
+    assert [e.name for e in server.events] == ["cache.miss", "exception"]
+    assert server.events[1].attributes["exception.type"] == "KeyError"
+    assert [link.context.span_id for link in server.links] == [0xDEF]
+    assert server.status.status_code is StatusCode.ERROR
+    assert server.status.description == "degraded"
+    assert server.resource.attributes["service.name"] == "light"
+    assert server.instrumentation_scope is not None
+    assert server.instrumentation_scope.name == "observekit"
+
+
+def test_attribute_limits_apply_to_what_the_application_sets(
+    keep: tuple[Keep, Any, Config],
+) -> None:
+    """Past the SDK's 128-attribute limit, values are dropped and counted, as on SDK spans."""
+    exporter, provider, config = keep
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        span = trace.get_current_span()
+        for i in range(200):
+            span.set_attribute(f"a{i}", i)
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(provider, config, app)
+    (server,) = exporter.spans
+    assert len(server.attributes) == 128
+    # observekit's own attributes came first; the status code set at the end is dropped too
+    assert server.dropped_attributes == 200 + 1 - (128 - 6)
+
+
+def test_an_ended_span_takes_no_changes_and_is_exported_once(
+    keep: tuple[Keep, Any, Config],
+) -> None:
+    """After the request, the span held by the app ignores writes; a second end() is a no-op."""
+    exporter, provider, config = keep
+    held: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        held.append(trace.get_current_span())
+        start_response("204 No Content", [])
+        return []
+
+    serve(provider, config, app)
+    span = held[0]
+    assert not span.is_recording()
+    span.set_attribute("late", 1)
+    span.add_event("late")
+    span.end()
+    provider.force_flush()
+    (server,) = exporter.spans
+    assert "late" not in server.attributes
+    assert not server.events
+
+
+def test_an_unknown_processor_gets_sdk_spans(keep: tuple[Keep, Any, Config]) -> None:
+    """A processor added to the provider after configure() sees every span, from on_start,
+    because spans are then made by the SDK."""
+    exporter, provider, config = keep
+    started: list[Any] = []
+    extra = Keep()
+
+    class Watching(SimpleSpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            started.append(span)
+
+    provider.add_span_processor(Watching(extra))
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(provider, config, app)
+    assert len(started) == 1
+    assert isinstance(started[0], Span)
+    assert [s.name for s in extra.spans] == ["GET"]
+    assert [s.name for s in exporter.spans] == ["GET"]
+
+
+@pytest.mark.parametrize(
+    ("sampler", "traceparent", "exported"),
+    [
+        pytest.param("always_off", None, False, id="always_off"),
+        pytest.param(
+            "parentbased_always_on", TRACEPARENT[:-2] + "00", False, id="parent-unsampled"
+        ),
+        pytest.param("parentbased_always_off", TRACEPARENT, True, id="parent-sampled"),
+        pytest.param("traceidratio", None, False, id="ratio-0"),
+    ],
+)
+def test_the_configured_sampler_decides(
+    sampler: str, traceparent: str | None, exported: bool
+) -> None:
+    """The provider's sampler is asked for every light span; unsampled ones are not exported
+    and their request ID is not a trace ID."""
+    exporter = Keep()
+    config = Config(
+        service_name="s",
+        traces_exporter="otlp",
+        traces_sampler=sampler,
+        traces_sampler_arg=0.0 if sampler == "traceidratio" else None,
+    )
+    provider = observekit.tracing.configure(
+        config, exporter=exporter, set_global=False, schedule_delay=0.05
+    )
+    try:
+        headers = {"traceparent": traceparent} if traceparent else {}
+
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            start_response("200 OK", [])
+            return [b""]
+
+        result = serve(provider, config, app, headers=headers)
+        assert bool(exporter.spans) is exported
+        (rid,) = result.header_values("X-Request-ID")
+        if not exported:
+            assert rid != "4bf92f3577b34da6a3ce929d0e0e4736"
+    finally:
+        provider.shutdown()
