@@ -37,6 +37,11 @@ _INFO = logging.INFO
 _ERROR = logging.ERROR
 
 
+# Set by observekit.logging: writes an access line straight to the one JSON handler it
+# would reach and returns True, or returns False when logging.handle() must do it.
+_direct_writer: list[Callable[[logging.Logger, int, str, dict[str, Any]], bool] | None] = [None]
+
+
 class _RecordMaker:
     """Builds the access logger's records from a template, without ``LogRecord.__init__``.
 
@@ -818,5 +823,7 @@ class Exchange:
             fields["error.type"] = self.error_type
         if self.fault is not None:
             fields["fault.injected"] = self.fault
-        record = observer.make_record(level, f"{info.method} {info.path} {status}", fields)
-        logger.handle(record)
+        message = f"{info.method} {info.path} {status}"
+        direct = _direct_writer[0]
+        if direct is None or not direct(logger, level, message, fields):
+            logger.handle(observer.make_record(level, message, fields))

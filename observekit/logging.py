@@ -32,6 +32,7 @@ from typing import IO, Any
 from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
+from . import _core
 from ._config import Config
 from ._context import RequestContext, current
 from ._core import qualified_name
@@ -211,22 +212,16 @@ class JsonFormatter(_BaseJsonFormatter):
             ids = None if source is None else _safe_call(source)
         if ids is not None:
             out["trace_id"], out["span_id"] = ids
-        protected = self._protected
         fields = attrs.get("_observekit_fields")
         if fields is not None and len(attrs) == attrs.get("_observekit_size"):
             out.update(fields)  # an observekit record nothing was added to: its own fields
         else:
-            skip = self._skip
+            skip, protected = self._skip, self._protected
             for key, value in attrs.items():
                 if key not in skip and key[0] != "_":
                     out[key if key not in protected else "extra." + key] = value
         if ctx is not None and ctx.fields:
-            # bind() fields come after extra= and never replace a field of this call.
-            for key, value in ctx.fields.items():
-                if key in protected:
-                    key = "extra." + key
-                if key not in out:
-                    out[key] = value
+            self._add_bound(out, ctx)
         if record.exc_info:
             exc = record.exc_info[1]
             if exc is not None:
@@ -238,11 +233,50 @@ class JsonFormatter(_BaseJsonFormatter):
             out["exception.stacktrace"] = record.exc_text
         if record.stack_info:
             out["stack_info"] = self.formatStack(record.stack_info)
+        return self._line(out)
+
+    def _add_bound(self, out: dict[str, Any], ctx: RequestContext) -> None:
+        # bind() fields come after extra= and never replace a field of this call.
+        protected = self._protected
+        for key, value in ctx.fields.items():
+            if key in protected:
+                key = "extra." + key
+            if key not in out:
+                out[key] = value
+
+    def _line(self, out: dict[str, Any]) -> str:
         try:
             line = self._encode(out)
         except (TypeError, ValueError, OverflowError, RecursionError):
             line = self._encode({key: self._safe_value(v) for key, v in out.items()})
         return self.prefix + line if self.prefix else line
+
+    def format_fields(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+    ) -> str:
+        """The line :meth:`format` writes for a record of these values and ``extra=fields``.
+
+        For observekit's own lines, which need no ``LogRecord`` when nothing but
+        this formatter would see one. ``fields`` must not use the core keys.
+        """
+        out: dict[str, Any] = {
+            "timestamp": _rfc3339(created),
+            "level": level,
+            "logger": logger,
+            "message": message,
+        }
+        ctx = current()
+        if ctx is not None:
+            out["request_id"] = ctx.request_id
+        source = _trace_source[0]
+        if source is not None:
+            ids = _safe_call(source)
+            if ids is not None:
+                out["trace_id"], out["span_id"] = ids
+        out.update(fields)
+        if ctx is not None and ctx.fields:
+            self._add_bound(out, ctx)
+        return self._line(out)
 
     def _safe_value(self, value: Any) -> Any:
         try:
@@ -313,6 +347,58 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
 
+
+def _write_direct(
+    logger: logging.Logger, levelno: int, message: str, fields: dict[str, Any]
+) -> bool:
+    """Write an observekit line straight to the one handler it would reach; False if not.
+
+    True only when ``logger.handle()`` would pass the record to exactly one
+    handler, a :class:`LineHandler` with this module's :class:`JsonFormatter`
+    and no filters anywhere on the way: then the line written is the one that
+    path writes, without building a ``LogRecord`` or walking the handler chain
+    for it, which is most of an access line's cost under a real server. Any other
+    set-up (more handlers, filters, a subclass, a handler above the level) gets
+    False and the caller logs the usual way. The caller has checked
+    ``logger.isEnabledFor(levelno)``.
+    """
+    if logger.filters or logger.disabled or type(logger) is not logging.Logger:
+        return False
+    found: LineHandler | None = None
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            if (
+                found is not None
+                or type(handler) is not LineHandler
+                or handler.filters
+                or type(handler.formatter) is not JsonFormatter
+                or levelno < handler.level
+            ):
+                return False
+            found = handler
+        node = node.parent if node.propagate else None
+    if found is None:
+        return False
+    formatter: JsonFormatter = found.formatter  # type: ignore[assignment]
+    line = formatter.format_fields(
+        time.time(), logging.getLevelName(levelno), logger.name, message, fields
+    )
+    found.acquire()
+    try:
+        stream = found.stream
+        stream.write(line + "\n")
+        stream.flush()
+    except RecursionError:
+        raise
+    except Exception:
+        found.handleError(logger.makeRecord(logger.name, levelno, "", 0, message, (), None))
+    finally:
+        found.release()
+    return True
+
+
+_core._direct_writer[0] = _write_direct
 
 _HANDLER_MARK = "_observekit_configured"
 

@@ -50,7 +50,7 @@ def _restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     loggers = {
-        name: (lg.level, lg.propagate, list(lg.handlers), lg.disabled)
+        name: (lg.level, lg.propagate, list(lg.handlers), lg.disabled, list(lg.filters))
         for name, lg in logging.Logger.manager.loggerDict.items()
         if isinstance(lg, logging.Logger)
     }
@@ -62,12 +62,17 @@ def _restore_logging() -> Iterator[None]:
             handler.close()
     root.handlers[:] = handlers
     root.setLevel(level)
-    for name, (lvl, propagate, hs, disabled) in loggers.items():
+    for name, lg in logging.Logger.manager.loggerDict.items():
+        if name not in loggers and isinstance(lg, logging.Logger):
+            # Made during the test: back to a new logger's state for the next test.
+            loggers[name] = (logging.NOTSET, True, [], False, [])
+    for name, (lvl, propagate, hs, disabled, filters) in loggers.items():
         lg = logging.getLogger(name)
         lg.setLevel(lvl)
         lg.propagate = propagate
         lg.handlers[:] = hs
         lg.disabled = disabled
+        lg.filters[:] = filters
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import observekit
 from observekit import metrics as okm
+from observekit.metrics import statsd as statsd_backend
 from observekit.metrics.memory import MemoryMetrics, percentile
 from observekit.metrics.otel import OtelMetrics
 from observekit.metrics.statsd import StatsdMetrics, name_part, tag_value
@@ -175,6 +176,46 @@ def test_under_load_requests_are_packed_into_fewer_datagrams(
     for datagram in datagrams:
         types = [x.type for x in datagram.metrics]
         assert types == ["ms", "c"] * (len(types) // 2)
+
+
+def test_under_load_the_request_thread_sends_nothing(
+    receiver: StatsdReceiver,
+    make_statsd: Callable[..., StatsdMetrics],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the first datagram, a burst's full packets wait for the background thread's next
+    burst: the calling thread makes no send (under gunicorn each send wakes the daemon and
+    costs the request). Unless the background thread falls behind: then past the
+    held-packet cap the caller sends them itself, so memory stays bounded."""
+    m = make_statsd(port=receiver.port, report_interval=60, flush_interval=0.05)
+    caller = threading.get_ident()
+    senders: list[int] = []
+    real_send_now = m._send_now
+
+    def recording(data: bytes) -> None:
+        senders.append(threading.get_ident())
+        real_send_now(data)
+
+    monkeypatch.setattr(m, "_send_now", recording)
+    for i in range(80):  # ~20 full packets: under the held-packet cap
+        one_request(m, route=f"/r{i % 5}", duration=i / 1000)
+    receiver.wait_for(lambda r: len(r.metrics("http.server.requests")) >= 80, timeout=2.0)
+    assert senders.count(caller) == 1  # the first request, after a quiet spell
+    assert len(senders) > 10  # the other 79 requests' packets: the background thread's
+
+    # A background thread that falls behind (here: asleep for 10 s) leaves the caller to send.
+    stalled = make_statsd(port=receiver.port, report_interval=3600, flush_interval=10.0)
+    stalled._last_send = time.monotonic()
+    stalled_sends: list[int] = []
+    real_stalled = stalled._send_now
+    monkeypatch.setattr(
+        stalled, "_send_now", lambda data: (stalled_sends.append(len(data)), real_stalled(data))
+    )
+    for _ in range(2000):
+        one_request(stalled)
+    assert len(stalled._full) <= statsd_backend._MAX_HELD
+    assert stalled_sends
+    assert all(n <= stalled.max_packet for n in stalled_sends)
 
 
 def test_a_request_after_a_quiet_spell_is_sent_at_once(

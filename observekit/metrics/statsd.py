@@ -15,8 +15,9 @@ Under load, datagrams are packed: one that comes less than
 ``statsd_flush_interval`` seconds (Config default 0.05; the constructor's
 ``flush_interval`` default 0) after the previous send joins a
 packet of up to ``statsd_max_packet`` bytes, which a background thread sends
-within that interval (or at once when it is full). A request after a quiet spell
-is sent immediately. ``statsd_flush_interval=0`` sends every request's datagram
+within that interval; full packets wait for it too (up to ``_MAX_HELD`` of them),
+so under load the request thread makes no send at all. A request after a quiet
+spell is sent immediately. ``statsd_flush_interval=0`` sends every request's datagram
 at once. Held lines are sent by ``flush()``, ``close()`` and at exit.
 
 Tag values keep only ``A-Za-z0-9_-./{}<>~*``; anything else (``|``, ``#``, ``,``,
@@ -87,6 +88,7 @@ because calling it three times per request costs more than the send.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import logging
 import math
@@ -147,6 +149,9 @@ _MAX_VALUE = 150  # characters kept of a tag value or name part
 _RETRY_UNRESOLVED = 5.0  # seconds between attempts while no address was ever found
 _HEARTBEAT = 10.0  # DogStatsD: absolute in-flight counts re-sent this often while non-zero
 _WARN_EVERY = 60.0
+# Full packets held for the background thread's next burst before the request thread
+# sends them itself: ~46 KB at the default statsd_max_packet.
+_MAX_HELD = 32
 _NOT_TAG = re.compile(r"[^A-Za-z0-9_\-./{}<>~*]")
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_\-.]")
 _NOT_PART = re.compile(r"[^A-Za-z0-9_\-]")
@@ -334,6 +339,7 @@ class StatsdMetrics:
         self._flush_interval = float(flush_interval)
         self._pending = bytearray()
         self._pending_lock = threading.Lock()
+        self._full: collections.deque[bytes] = collections.deque()
         self._last_send = -math.inf
         self._resolver: Resolver = resolver or _getaddrinfo
         self._max_keys = max_keys
@@ -704,11 +710,27 @@ class StatsdMetrics:
                 pending += b"\n"
             pending += data
         if full is not None:
-            self._send_now(full)
+            held = self._full
+            held.append(full)
+            # Normally the background thread sends these in one burst; if it is not
+            # keeping up (or could not start), the request thread does, so memory stays bounded.
+            if len(held) > _MAX_HELD:
+                self._send_held()
         if self._ticker is None:
             self._start_ticker()
 
+    def _send_held(self) -> None:
+        held = self._full
+        while held:
+            try:
+                data = held.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            self._send_now(data)
+
     def _flush_pending(self) -> None:
+        if self._full:
+            self._send_held()
         with self._pending_lock:
             if not self._pending:
                 return
@@ -821,7 +843,7 @@ class StatsdMetrics:
                         last_beat = now
                     self._report(heartbeat)
                     next_report = now + self._interval
-                if self._pending:
+                if self._pending or self._full:
                     self._flush_pending()
                 wait = max(0.01, min(next_report, self._next_resolve) - time.monotonic())
                 if self._flush_interval:
@@ -889,6 +911,7 @@ class StatsdMetrics:
         # Lines held for packing are the parent's to send, not this child's.
         self._pending_lock = threading.Lock()
         self._pending = bytearray()
+        self._full = collections.deque()
         self._last_send = -math.inf
         self._warnings = Every(_WARN_EVERY)
         self._stop = threading.Event()

@@ -1,0 +1,187 @@
+"""The access line's direct path: written straight to the one JSON handler, same bytes as logging.
+
+Under pytest the root logger also carries pytest's own capture handlers, which
+keep every other test on the ``logging.handle()`` path; these tests take them
+off (``Setup.only``) so that observekit's handler is the only one, as after ``configure()`` in
+a service.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import observekit
+from observekit import Config
+from observekit import _core as core
+from observekit.logging import JsonFormatter, LineHandler, use_trace_ids
+from observekit.wsgi import ObservabilityMiddleware
+
+from .util import call
+
+ACCESS = "observekit.access"
+
+
+def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    observekit.bind(tenant="acme", order=42)
+    status = "500 Boom" if environ["PATH_INFO"] == "/fail" else "200 OK"
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+class Setup:
+    """observekit's handler alone on the root logger, and a count of records built."""
+
+    def __init__(self, handler: LineHandler, stream: io.StringIO) -> None:
+        self.handler = handler
+        self.stream = stream
+        self.records = 0
+
+    def only(self) -> None:
+        """Take pytest's capture handlers (added around the test body) off the root logger."""
+        logging.getLogger().handlers[:] = [self.handler]
+
+    def lines(self) -> list[str]:
+        return [ln for ln in self.stream.getvalue().splitlines() if f'"logger": "{ACCESS}"' in ln]
+
+
+@pytest.fixture
+def alone(config: Config, monkeypatch: pytest.MonkeyPatch) -> Iterator[Setup]:
+    stream = io.StringIO()
+    handler = observekit.logging.configure(config, stream=stream, level="DEBUG")
+    root = logging.getLogger()
+    kept = list(root.handlers)
+    setup = Setup(handler, stream)
+    original = core._RecordMaker.__call__
+
+    def counting(self: core._RecordMaker, *args: Any) -> logging.LogRecord:
+        setup.records += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(core._RecordMaker, "__call__", counting)
+    use_trace_ids(lambda: ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"))
+    try:
+        yield setup
+    finally:
+        use_trace_ids(None)
+        root.handlers[:] = kept
+
+
+def _without_timing(line: str) -> list[tuple[str, Any]]:
+    """The line's fields in order, minus the two that differ between any two requests."""
+    return [(k, v) for k, v in json.loads(line).items() if k not in {"timestamp", "duration_ms"}]
+
+
+@pytest.mark.parametrize(
+    "path", [pytest.param("/ok", id="info"), pytest.param("/fail", id="error")]
+)
+def test_direct_line_equals_the_logging_path_line(alone: Setup, config: Config, path: str) -> None:
+    """With only observekit's handler the line is written without a LogRecord, and it is
+    the very line the logging path writes: same fields, values and order."""
+    alone.only()
+    mw = ObservabilityMiddleware(app, config=config)
+    call(mw, path, headers={"X-Request-ID": "same-id", "User-Agent": "t/1"})
+    assert alone.records == 0  # the direct path built no record
+    alone.handler.addFilter(lambda record: True)  # any filter: logging.handle() must run it
+    call(mw, path, headers={"X-Request-ID": "same-id", "User-Agent": "t/1"})
+    assert alone.records == 1
+    direct, logged = alone.lines()
+    assert _without_timing(direct) == _without_timing(logged)
+    fields = dict(_without_timing(direct))
+    assert fields["request_id"] == "same-id"
+    assert fields["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert fields["tenant"] == "acme"
+    assert fields["level"] == ("ERROR" if path == "/fail" else "INFO")
+    assert fields["service.name"] == "test-svc"
+
+
+def _second_handler(setup: Setup) -> None:
+    logging.getLogger().addHandler(logging.StreamHandler(setup.stream))
+
+
+def _logger_filter(setup: Setup) -> None:
+    logging.getLogger(ACCESS).addFilter(lambda record: True)
+
+
+def _subclass(setup: Setup) -> None:
+    class Mine(LineHandler):
+        pass
+
+    mine = Mine(setup.stream)
+    mine.setFormatter(setup.handler.formatter)
+    logging.getLogger().handlers[:] = [mine]
+
+
+def _other_formatter(setup: Setup) -> None:
+    class Mine(JsonFormatter):
+        pass
+
+    setup.handler.setFormatter(Mine(config=Config(service_name="test-svc")))
+
+
+def _own_handler_not_propagating(setup: Setup) -> None:
+    access = logging.getLogger(ACCESS)
+    own = logging.StreamHandler(setup.stream)
+    own.setFormatter(setup.handler.formatter)
+    access.addHandler(own)
+    access.propagate = False
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(_second_handler, id="second-handler"),
+        pytest.param(_logger_filter, id="filter-on-logger"),
+        pytest.param(_subclass, id="handler-subclass"),
+        pytest.param(_other_formatter, id="formatter-subclass"),
+        pytest.param(_own_handler_not_propagating, id="own-handler-no-propagation"),
+    ],
+)
+def test_anything_else_goes_through_logging(
+    alone: Setup, config: Config, change: Callable[[Setup], None]
+) -> None:
+    """Any set-up but our one handler gets the ordinary logging path, so every handler,
+    filter and subclass sees the record it expects."""
+    alone.only()
+    change(alone)
+    call(ObservabilityMiddleware(app, config=config), "/ok", headers={"X-Request-ID": "r-1"})
+    assert alone.records == 1
+    assert alone.lines()
+    assert all(json.loads(ln)["request_id"] == "r-1" for ln in alone.lines())
+
+
+def test_handler_level_above_the_line_writes_nothing(alone: Setup, config: Config) -> None:
+    """A handler set above INFO drops INFO access lines and still gets ERROR ones."""
+    alone.only()
+    alone.handler.setLevel(logging.WARNING)
+    mw = ObservabilityMiddleware(app, config=config)
+    call(mw, "/ok")
+    assert alone.lines() == []
+    call(mw, "/fail")
+    assert [json.loads(ln)["level"] for ln in alone.lines()] == ["ERROR"]
+
+
+class BrokenStream(io.StringIO):
+    def write(self, s: str) -> int:
+        raise OSError("disk full")
+
+
+def test_a_failing_stream_is_reported_like_logging_does_and_the_request_goes_on(
+    alone: Setup, config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A write that fails goes to Handler.handleError (logging's "--- Logging error ---"),
+    never to the client."""
+    alone.only()
+    alone.handler.setStream(BrokenStream())
+    result = call(ObservabilityMiddleware(app, config=config), "/ok")
+    assert alone.records == 0  # on the direct path
+    assert result.status == "200 OK"
+    assert result.body == b"hello"
+    err = capsys.readouterr().err
+    assert "--- Logging error ---" in err
+    assert "OSError: disk full" in err
