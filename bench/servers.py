@@ -273,6 +273,9 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal fails")
     parser.add_argument("--stacks", default="", help="comma-separated subset, e.g. bare,otel")
     parser.add_argument(
+        "--servers", default="", help=f"comma-separated subset of {', '.join(SERVERS)}"
+    )
+    parser.add_argument(
         "--parts",
         action="store_true",
         help="also run observekit one part at a time (ids, access, statsd, spans)",
@@ -283,6 +286,9 @@ def main() -> int:
     sinks = _Sinks()
     samples: dict[tuple[str, str], list[dict[str, float]]] = {}
     wanted = set(filter(None, args.stacks.split(",")))
+    servers = set(filter(None, args.servers.split(","))) or set(SERVERS)
+    if servers - set(SERVERS):
+        parser.error(f"unknown server(s): {', '.join(sorted(servers - set(SERVERS)))}")
     parts = [f"observekit-{part}" for part in ("ids", "access", "statsd", "spans")]
     missing = {
         server: [m for m in spec.get("needs", ()) if importlib.util.find_spec(m) is None]  # type: ignore[attr-defined]
@@ -294,7 +300,7 @@ def main() -> int:
     runs = [
         (server, stack)
         for server, spec in SERVERS.items()
-        if not missing[server]
+        if server in servers and not missing[server]
         for stack in [*spec["stacks"], *(parts if args.parts else [])]  # type: ignore[misc]
         if not wanted or stack in wanted
     ]

@@ -18,6 +18,8 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.trace import SpanKind, StatusCode
+
 __all__ = ["encode_spans"]
 
 _pack_q = struct.Struct("<Q").pack
@@ -29,6 +31,11 @@ _SMALL = [bytes((n,)) for n in range(128)]
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+# The kind field, per API SpanKind: the API's enum starts at INTERNAL=0, OTLP's at UNSPECIFIED.
+_KIND = {kind: b"\x30" + _SMALL[kind.value + 1] for kind in SpanKind}
+# The status code field (absent for UNSET, 0).
+_KIND_SERVER = _KIND[SpanKind.SERVER]
+_STATUS_CODE = {code: b"\x18" + _SMALL[code.value] if code.value else b"" for code in StatusCode}
 _CACHE_LIMIT = 4096
 
 
@@ -92,15 +99,18 @@ class _Encoder:
     """Holds the caches one exporter reuses from batch to batch."""
 
     def __init__(self) -> None:
-        # (key, type, value) -> the framed KeyValue; type keeps True apart from 1.
-        self._pairs: dict[tuple[str, type, Any], bytes] = {}
+        # field tag -> (key, type, value) -> the tagged, framed KeyValue; type keeps True
+        # apart from 1.
+        self._pairs: dict[bytes, dict[tuple[str, type, Any], bytes]] = {}
         # id(resource or scope) -> (the object, kept so its id is not reused; its bytes)
         self._framed: dict[int, tuple[Any, bytes]] = {}
 
     def attributes(self, tag: bytes, attributes: Mapping[str, Any] | None) -> list[bytes]:
         if not attributes:
             return []
-        pairs = self._pairs
+        pairs = self._pairs.get(tag)
+        if pairs is None:
+            pairs = self._pairs[tag] = {}
         out = []
         for key, value in attributes.items():
             kind = type(value)
@@ -109,13 +119,13 @@ class _Encoder:
                 framed = pairs.get(cache_key)
                 if framed is None:
                     try:
-                        framed = _field(b"", _key_value(key, value))
+                        framed = _field(tag, _key_value(key, value))
                     except _UnencodableError:
                         continue
                     if len(pairs) >= _CACHE_LIMIT:
                         pairs.clear()
                     pairs[cache_key] = framed
-                out.append(tag + framed)
+                out.append(framed)
             else:
                 try:
                     out.append(_field(tag, _key_value(key, value)))
@@ -166,8 +176,8 @@ class _Encoder:
                 flags |= _IS_REMOTE
         if span.name:
             parts.append(_text(b"\x2a", span.name))
-        kind = span.kind.value + 1  # the API's enum starts at INTERNAL=0; OTLP's at UNSPECIFIED
-        parts.append(b"\x30" + _SMALL[kind])
+        kind = span.kind
+        parts.append(_KIND_SERVER if kind is SpanKind.SERVER else _KIND[kind])  # Enum hash is slow
         start, end = span.start_time, span.end_time
         if start:
             parts.append(b"\x39" + _pack_q(start))
@@ -192,9 +202,9 @@ class _Encoder:
             body = b""
             if status.description:
                 body = _text(b"\x12", status.description)
-            code = status.status_code.value
-            if code:
-                body += b"\x18" + _SMALL[code]
+            code = status.status_code
+            if code is not StatusCode.UNSET:
+                body += _STATUS_CODE[code]
             parts.append(_field(b"\x7a", body))
         parts.append(b"\x85\x01" + _pack_i(flags))
         return b"".join(parts)
