@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics._internal.measurement import Measurement
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace import TracerProvider
 
 from observekit.metrics import DURATION_BUCKETS
+from observekit.metrics import _light as light_module
 from observekit.metrics._light import LightHistogram
 from observekit.metrics.otel import OtelMetrics
 
@@ -89,8 +91,13 @@ def _drive(record: Callable[[float, dict[str, Any]], None]) -> None:
         record(value, POST)
 
 
-def test_light_points_export_as_the_sdk_records_them(span: trace.Span) -> None:
-    """Same counts, sum, min, max, buckets, attributes and exemplars as Histogram.record."""
+@pytest.mark.parametrize("build", ["_filled", "_built"])
+def test_light_points_export_as_the_sdk_records_them(
+    span: trace.Span, build: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same counts, sum, min, max, buckets, attributes and exemplars as Histogram.record,
+    with the measurement built either way the module can build it."""
+    monkeypatch.setattr(light_module, "_measurement", getattr(light_module, build))
     sdk_reader, light_reader = InMemoryMetricReader(), InMemoryMetricReader()
     sdk = _histogram(sdk_reader)
     light = LightHistogram(_histogram(light_reader))
@@ -102,6 +109,15 @@ def test_light_points_export_as_the_sdk_records_them(span: trace.Span) -> None:
     assert _points(light_reader) == expected
     assert [p["count"] for p in expected] == [7, 3]
     assert all(p["exemplars"] for p in expected)  # exemplars were sampled, and compared
+
+
+def test_measurement_built_at_once_equals_the_sdks_own(span: trace.Span) -> None:
+    """The fields-at-once measurement is the one the SDK's constructor makes (on this SDK
+    that is the one used)."""
+    args = (0.25, 123, None, None)
+    for build in (light_module._filled, light_module._built):
+        assert build(*args, GET) == Measurement(*args, GET)
+    assert light_module._measurement is light_module._filled
 
 
 def test_light_path_skips_histogram_record_after_a_sets_first_point() -> None:

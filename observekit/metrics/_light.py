@@ -20,6 +20,7 @@ Only this module and :mod:`observekit.metrics.otel` import ``opentelemetry``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -48,12 +49,48 @@ _INF = math.inf
 _set = object.__setattr__
 
 
-def _measurement(amount: float, now: int, histogram: Any, context: Any, attributes: Any) -> Any:
+def _built(amount: float, now: int, histogram: Any, context: Any, attributes: Any) -> Any:
     # Built without attributes, which are set afterwards: the SDK would clean (copy)
     # them, and these are observekit's own, already clean, never changed.
     measurement = Measurement(amount, now, histogram, context, None)
     _set(measurement, "attributes", attributes)
     return measurement
+
+
+def _filled(amount: float, now: int, histogram: Any, context: Any, attributes: Any) -> Any:
+    # The same, its fields set at once (a frozen dataclass sets them one by one).
+    measurement = _new(Measurement)
+    _set(
+        measurement,
+        "__dict__",
+        {
+            "value": amount,
+            "time_unix_nano": now,
+            "instrument": histogram,
+            "context": context,
+            "attributes": attributes,
+        },
+    )
+    return measurement
+
+
+def _plain_fields() -> bool:
+    """Whether ``Measurement`` is a dataclass of exactly these fields, kept in a ``__dict__``."""
+    try:
+        names = tuple(field.name for field in dataclasses.fields(Measurement))
+    except TypeError:
+        return False
+    return "__slots__" not in vars(Measurement) and names == (
+        "value",
+        "time_unix_nano",
+        "instrument",
+        "context",
+        "attributes",
+    )
+
+
+_new = object.__new__
+_measurement = _filled if _SDK is not None and _plain_fields() else _built
 
 
 class LightHistogram:
