@@ -28,9 +28,11 @@ record its span.
 How it is measured, so that a noisy shared machine cannot print a wildly wrong
 ratio: every round runs every stack ``--calls`` times in a shuffled order, after
 ``gc.collect()`` and a span flush (outside the timed region, the same for every
-stack); each sample is timed by the wall clock (``perf_counter_ns``) and by the
-process's CPU clock (``process_time_ns``, which a burst of another process on
-the machine does not inflate). A stack's "added" is the median over rounds of
+stack, so that no stack pays for another's spans); a sample ends with a flush of
+its own spans, timed (each stack pays for exporting its own spans); each sample
+is timed by the wall clock (``perf_counter_ns``) and by the process's CPU clock
+(``process_time_ns``: the export thread's work included, and a burst of another
+process on the machine not). A stack's "added" is the median over rounds of
 its sample minus the same round's ``bare`` sample (paired: a slow stretch of the
 machine moves both). The ratio is observekit's added over OpenTelemetry's; the
 range printed next to it is its 90% bootstrap interval over rounds (resampling
@@ -183,16 +185,18 @@ def _stacks(tracer_provider: TracerProvider, meter_provider: MeterProvider) -> d
     return stacks
 
 
-def _run(client: Any, calls: int) -> tuple[float, float]:
+def _run(client: Any, calls: int, flush: Any = None) -> tuple[float, float]:
     """µs per call (wall clock, process CPU clock) for ``calls`` GETs (body read), inside a
-    request context and a parent span."""
+    request context and a parent span; ``flush`` (timed too) exports the sample's spans."""
     get = client.get
     tracer = trace.get_tracer("bench")
+    wall, cpu = perf_counter_ns(), process_time_ns()
     with observekit.request_context(), tracer.start_as_current_span("parent"):
-        wall, cpu = perf_counter_ns(), process_time_ns()
         for _ in range(calls):
             get(URL).content  # noqa: B018 - read the body: the span ends there
-        cpu, wall = process_time_ns() - cpu, perf_counter_ns() - wall
+    if flush is not None:
+        flush()
+    cpu, wall = process_time_ns() - cpu, perf_counter_ns() - wall
     return wall / calls / 1000.0, cpu / calls / 1000.0
 
 
@@ -288,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             client, _, toggle = stacks[name]
             if toggle:
                 toggle(True)
-            provider.force_flush()  # no stack pays for another's queued spans
+            provider.force_flush()  # no stack pays for another's queued spans...
             gc.collect()
-            wall, cpu = _run(client, args.calls)
+            wall, cpu = _run(client, args.calls, provider.force_flush)  # ...each for its own
             if toggle:
                 toggle(False)
             samples["wall"][name].append(wall)
