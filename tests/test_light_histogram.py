@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
+from opentelemetry.sdk.metrics import _internal as sdk_metrics_internal
 from opentelemetry.sdk.metrics._internal.measurement import Measurement
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.metrics.view import View
@@ -188,6 +189,32 @@ def test_a_reader_added_later_gets_every_point() -> None:
     light.record(0.4, GET, key)
     assert [p["count"] for p in _points(first)] == [4]
     assert [(p["count"], p["sum"]) for p in _points(second)] == [(2, pytest.approx(0.7))]
+
+
+def test_a_disabled_meter_records_nothing_and_keeps_the_light_path() -> None:
+    """While the meter is disabled (the SDK's meter configurator) nothing is recorded, as
+    with Histogram.record, before a set's first point or after; enabled again, points
+    are light again."""
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    if not hasattr(provider, "_set_meter_configurator"):
+        pytest.skip("this SDK has no meter configurator")
+    histogram = provider.get_meter("t").create_histogram("d")
+    counted = Counted(histogram)
+    light = LightHistogram(histogram)
+    key = light.key(GET)
+
+    def enable(on: bool) -> None:
+        provider._set_meter_configurator(
+            meter_configurator=lambda scope: sdk_metrics_internal._MeterConfig(is_enabled=on)
+        )
+
+    for on, value in ((False, 8.0), (True, 0.1), (False, 9.0), (True, 0.2), (True, 0.3)):
+        enable(on)
+        light.record(value, GET, key)
+    assert [(p["count"], round(p["sum"], 6)) for p in _points(reader)] == [(3, 0.6)]
+    assert counted.calls == 1
+    assert light.light
 
 
 def test_odd_amounts_and_non_sdk_histograms_take_the_sdks_path() -> None:

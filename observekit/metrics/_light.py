@@ -140,6 +140,8 @@ class LightHistogram:
         if key is None or not self._on or not 0.0 <= amount < _INF:
             histogram.record(amount, attributes)
             return
+        if not histogram._is_enabled():  # the SDK's record would do nothing either
+            return
         storages = self._consumer._reader_storages
         found = self._matches
         if found is None or found[0] is not storages:
@@ -156,8 +158,6 @@ class LightHistogram:
                 self._check(matches, key)
                 return
             aggregations.append(aggregation)
-        if not histogram._is_enabled():
-            return
         context = _get_current()
         now = _time_ns()
         measurement = _measurement(amount, now, histogram, context, attributes)
