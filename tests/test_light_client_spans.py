@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from opentelemetry import baggage, context
+from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
@@ -194,6 +194,30 @@ def test_light_client_span_records_the_transport_error(
     (event,) = span.events
     assert event.name == "exception"
     assert "exception.stacktrace" in (event.attributes or {})
+
+
+@pytest.mark.parametrize("call", CLIENTS)
+def test_calls_in_turn_in_two_traces_each_name_their_own(
+    call: Client, server: EchoServer, keep: tuple[Keep, Any, dict[str, Any]]
+) -> None:
+    """Calls alternating between two traces (the traceparent's trace part is remembered
+    between calls) each send the trace and span of their own client span."""
+    exporter, provider, hooks = keep
+    tracer = provider.get_tracer("test")
+    a, b = tracer.start_span("a"), tracer.start_span("b")
+    sent = []
+    for parent in (a, b, a, b):
+        with trace.use_span(parent, end_on_exit=False):
+            _, got = call(f"{server.url}/echo", hooks)
+        sent.append((parent.get_span_context().trace_id, got["traceparent"]))
+    spans = _clients(exporter, provider)
+    assert len(spans) == 4
+    assert len({trace_id for trace_id, _ in sent}) == 2
+    by_traceparent = {_traceparent(span): span for span in spans}
+    for trace_id, traceparent in sent:
+        span = by_traceparent[traceparent]  # the one sent names the call's own span
+        assert span.context is not None
+        assert span.context.trace_id == trace_id
 
 
 def test_tracestate_of_the_parent_is_sent(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import requests
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -310,6 +313,44 @@ def test_host_patterns() -> None:
     assert not out.sends_to("example.com")
     assert out.sends_to("::1")
     assert out.sends_to("[::1]")
+
+
+_URL_PART = st.text(alphabet="aZ09-._~:@[]!/?#%", max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scheme=st.sampled_from(["http", "HTTPS", "ws", "", "a:b", "x/y"]),
+    sep=st.sampled_from(["://", ":/", ""]),
+    authority=_URL_PART,
+    rest=_URL_PART,
+)
+@example(scheme="http", sep="://", authority="user:pw@Host.Example:8080", rest="/p?q#f")
+@example(scheme="http", sep="://", authority="[::1]:9000", rest="")
+@example(scheme="https", sep="://", authority="h", rest="?a=1")
+def test_split_url_remembered_per_authority_gives_the_parsed_answer(
+    scheme: str, sep: str, authority: str, rest: str
+) -> None:
+    """split_url (remembered per scheme and authority) answers as parsing the URL does, on
+    the first call and the next: whatever follows the authority never changes it."""
+    url = f"{scheme}{sep}{authority}{rest}"
+    parsed = headers_module._split(url)
+    assert headers_module.split_url(url) == parsed
+    assert headers_module.split_url(url) == parsed
+
+
+def test_split_url_reads_host_and_port_as_urllib_does() -> None:
+    """Lowercased scheme and host, the port as an int (None when absent), userinfo dropped."""
+    for url in (
+        "http://Service2.Internal:8000/items/42?x=1",
+        "https://user:secret@api.example.com/v1",
+        "http://[::1]:9000/",
+        "http://host?only=query",
+        "http://host#frag",
+        "HTTP://h",
+    ):
+        parts = urllib.parse.urlsplit(url)
+        assert headers_module.split_url(url) == (parts.scheme, parts.hostname, parts.port), url
 
 
 # -- item 4: client spans -----------------------------------------------------------------------

@@ -39,7 +39,10 @@ also carries ``service.name``, ``service.version`` and
 Resource.
 
 Attribute dicts are built once per (method, route, status) and reused (the SDK
-still copies and hashes them on every histogram record). Only this module imports ``opentelemetry``.
+still copies and hashes them on every histogram record, except for
+``http.client.request.duration``, recorded through
+:class:`~observekit.metrics._light.LightHistogram`). Only this module and
+``_light`` import ``opentelemetry``.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ except ImportError:  # pragma: no cover - exercised only without the extra
         "observekit's OpenTelemetry metrics need opentelemetry-api and -sdk: "
         "pip install 'observekit[otel]'"
     ) from None
+
+from ._light import LightHistogram  # after the friendly ImportError above
 
 if TYPE_CHECKING:
     from .._config import Config
@@ -164,6 +169,8 @@ class _Instruments:
             description="Duration of HTTP client requests.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
+        # Outgoing calls record through the light path (see _light.py): ~3 µs instead of ~12.
+        self.client_duration_light = LightHistogram(self.client_duration)
         self.requests = _Tally(cap)
         self.client_requests = _Tally(cap)
         self.client_errors = _Tally(cap)
@@ -279,6 +286,7 @@ class OtelMetrics:
         self._task_attrs: dict[tuple[str, str | None], tuple[tuple[Any, ...], Attrs]] = {}
         self._task_names: dict[str, tuple[tuple[Any, ...], Attrs]] = {}
         self._gauge_attrs: dict[tuple[tuple[str, str], ...], Attrs] = {}
+        # (tally key, attributes, the histogram's aggregation key for them) per kind of call
         self._client_attrs: dict[tuple[str, str, int, int, str | None], tuple[Any, ...]] = {}
         self._closed = False
         self.errors = 0
@@ -381,11 +389,12 @@ class OtelMetrics:
                     attrs[STATUS] = status
                 if error_type is not None:
                     attrs[ERROR_TYPE] = error_type
-                value = (self._ident + key, {**attrs, **self._const})
+                attrs = {**attrs, **self._const}
+                value = (self._ident + key, attrs, self._inst.client_duration_light.key(attrs))
                 found = self._cache(self._client_attrs, key, value)
-            tally_key, attrs = found
+            tally_key, attrs, aggregation_key = found
             inst = self._inst
-            inst.client_duration.record(duration_s, attrs)
+            inst.client_duration_light.record(duration_s, attrs, aggregation_key)
             inst.client_requests.add(tally_key, attrs, 1)
             if error_type is not None:
                 inst.client_errors.add(tally_key, attrs, 1)

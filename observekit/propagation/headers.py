@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -76,6 +77,7 @@ class _Tracing:
         "error",
         "inject",
         "kind",
+        "last_trace",
         "light",
         "light_span",
         "processors",
@@ -87,6 +89,7 @@ class _Tracing:
 
     def __init__(self, config: Config, provider: Any) -> None:
         from opentelemetry import baggage, trace
+        from opentelemetry import context as otel_context
         from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
         from ..tracing import _build_propagator, _light_sink_for, _LightSpan
@@ -110,19 +113,29 @@ class _Tracing:
         names = tuple(dict.fromkeys(config.propagators))
         self.direct = names in (("tracecontext",), ("tracecontext", "baggage"))
         """Write traceparent straight from the span context (no other propagator to run)."""
-        self.baggage = baggage.get_all if "baggage" in names else None
+        self.baggage: Any = None
+        """Whether the current context holds baggage (``None``: no baggage propagator)."""
+        if "baggage" in names:
+            key = getattr(baggage, "_BAGGAGE_KEY", None)
+            # The API's get_all() wraps the same dict in a mapping proxy; only its
+            # emptiness matters here.
+            self.baggage = (
+                baggage.get_all if key is None else lambda: otel_context.get_current().get(key)
+            )
+        self.last_trace: tuple[int, str] = (0, "")
+        """The last trace ID and its ``traceparent`` prefix."""
 
     def headers(self, span: Any, headers: list[tuple[str, str]]) -> None:
         """Add the trace headers for ``span`` (a child of the current context) to ``headers``."""
         if self.direct and (self.baggage is None or not self.baggage()):
             context = span.get_span_context()
             if context.is_valid:
+                trace_id = context.trace_id
+                last = self.last_trace
+                if last[0] != trace_id:  # every call of one request shares the trace ID
+                    last = self.last_trace = (trace_id, f"00-{trace_id:032x}-")
                 headers.append(
-                    (
-                        "traceparent",
-                        f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-                        f"{context.trace_flags:02x}",
-                    )
+                    ("traceparent", f"{last[1]}{context.span_id:016x}-{context.trace_flags:02x}")
                 )
                 if context.trace_state:
                     headers.append(("tracestate", context.trace_state.to_header()))
@@ -370,9 +383,12 @@ class Call:
         metrics = outgoing.metrics
         if metrics is not None:
             try:
+                host = self.host
+                if host not in outgoing._hosts:  # host_label's own first test, without its call
+                    host = outgoing.host_label(host)
                 metrics.client_request_finished(
                     self.label,
-                    outgoing.host_label(self.host),
+                    host,
                     self.port,
                     status,
                     duration,
@@ -434,8 +450,31 @@ class Call:
 # -- URLs --------------------------------------------------------------------------------
 
 
+_PREFIX: Final = re.compile(r"[^:/?#]*://[^/?#]*")
+"""An absolute URL's scheme and authority: all that :func:`split_url` reads."""
+_MAX_PREFIXES: Final = 1024
+_prefixes: dict[str, tuple[str, str, int | None]] = {}
+
+
 def split_url(url: str) -> tuple[str, str, int | None]:
-    """``(scheme, host, port)`` of an absolute URL, without parsing more than the authority."""
+    """``(scheme, host, port)`` of an absolute URL, without parsing more than the authority.
+
+    Remembered per scheme + authority (a few per service), so a call costs a regex
+    match and a dict look-up instead of parsing.
+    """
+    match = _PREFIX.match(url)
+    if match is None:  # no "scheme://" (or an odd one): parsed every time
+        return _split(url)
+    prefix = match.group()
+    found = _prefixes.get(prefix)
+    if found is None:
+        found = _split(prefix)
+        if len(_prefixes) < _MAX_PREFIXES:
+            _prefixes[prefix] = found
+    return found
+
+
+def _split(url: str) -> tuple[str, str, int | None]:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "", "", None

@@ -98,10 +98,9 @@ class _Body:
         self._stream = raw.stream
         self._release = raw.release_conn
         self._close = raw.close
-        raw.read = self.read
-        raw.stream = self.stream
-        raw.release_conn = self.release_conn
-        raw.close = self.close
+        raw.__dict__.update(
+            read=self.read, stream=self.stream, release_conn=self.release_conn, close=self.close
+        )
 
     def read(self, *args: Any, **kwargs: Any) -> Any:
         self.reading += 1
@@ -166,9 +165,10 @@ def _send(
         scheme, host, port = split_url(url)
         call = outgoing.begin(request.method or "GET", scheme, host, port, url)
         sent = _new_request(PreparedRequest)
-        sent.__dict__.update(request.__dict__)
-        sent.headers = _with_headers(request.headers, call.headers)
-        sent._observekit = True  # type: ignore[attr-defined]
+        attributes = sent.__dict__
+        attributes.update(request.__dict__)
+        attributes["headers"] = _with_headers(request.headers, call.headers)
+        attributes["_observekit"] = True
     except Exception:
         outgoing.internal_error("preparing the outgoing request failed")
         return send(request, *args, **kwargs)  # type: ignore[no-any-return]
