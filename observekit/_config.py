@@ -114,6 +114,11 @@ class Config:
     otlp_endpoint: str | None = None
     """OTLP collector base URL (``http://collector:4318``), or a gRPC target."""
 
+    otlp_traces_endpoint: str | None = None
+    """The traces URL itself (``http://collector:4318/custom/traces``), used as it is,
+    without ``/v1/traces`` added; wins over ``otlp_endpoint`` for traces, as the OTLP
+    exporter spec's signal-specific endpoint does."""
+
     otlp_protocol: str = "http/protobuf"
     """``http/protobuf`` or ``grpc``."""
 
@@ -311,6 +316,8 @@ class Config:
         _require_choice("traces_exporter", self.traces_exporter, _EXPORTERS)
         if self.otlp_endpoint is not None:
             _require_str("otlp_endpoint", self.otlp_endpoint, allow_empty=False)
+        if self.otlp_traces_endpoint is not None:
+            _require_str("otlp_traces_endpoint", self.otlp_traces_endpoint, allow_empty=False)
         _require_choice("otlp_protocol", self.otlp_protocol, _PROTOCOLS)
         _require_choice("traces_sampler", self.traces_sampler, _SAMPLERS)
         if self.traces_sampler_arg is not None:
@@ -369,9 +376,7 @@ class Config:
         # OpenTelemetry's own default exporter is otlp: an endpoint alone turns traces on.
         for endpoint_var in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
             if env.get(endpoint_var):
-                values["otlp_endpoint"] = env[endpoint_var]
                 values["traces_exporter"] = "otlp"
-                break
         if env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
             values["otlp_protocol"] = env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]
         for f in dataclasses.fields(cls):
@@ -422,6 +427,7 @@ _ENV_NAMES = {
     "max_routes": "OBSERVEKIT_MAX_ROUTES",
     "traces_exporter": "OTEL_TRACES_EXPORTER",
     "otlp_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "otlp_traces_endpoint": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "otlp_protocol": "OTEL_EXPORTER_OTLP_PROTOCOL",
     "traces_sampler": "OTEL_TRACES_SAMPLER",
     "traces_sampler_arg": "OTEL_TRACES_SAMPLER_ARG",

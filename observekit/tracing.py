@@ -184,7 +184,8 @@ def configure(
 
     The exporter is ``exporter`` when given, else what ``config.traces_exporter``
     names: ``otlp`` (``config.otlp_protocol``: HTTP/protobuf to
-    ``otlp_endpoint`` + ``/v1/traces``, or gRPC to ``otlp_endpoint``), ``console``,
+    ``otlp_traces_endpoint`` as it is, else ``otlp_endpoint`` + ``/v1/traces``; or gRPC
+    to ``otlp_traces_endpoint`` or ``otlp_endpoint``), ``console``,
     or ``none`` (spans are made, for trace IDs and propagation, but not exported).
     Spans go through a :class:`BoundedBatchSpanProcessor` (``max_queue_size``
     spans at most; export every ``schedule_delay`` seconds or ``max_export_batch_size``
@@ -444,25 +445,27 @@ def _export_timeout(config: Config) -> float:
     return max(1.0, min(10.0, config.shutdown_timeout))
 
 
-def _traces_url(endpoint: str | None) -> str:
-    """The OTLP/HTTP traces URL for a base endpoint, as the OTLP exporter spec says.
+def _traces_url(endpoint: str | None, traces_endpoint: str | None = None) -> str:
+    """The OTLP/HTTP traces URL, as the OTLP exporter spec says.
 
-    A base URL gets ``/v1/traces`` appended (``http://c:4318`` ->
-    ``http://c:4318/v1/traces``; ``http://c/otlp/`` -> ``http://c/otlp/v1/traces``).
-    ``Config.from_env`` also stores a signal-specific
-    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` here, which is used as it is: a URL
-    already ending in ``/v1/traces`` is kept.
+    A signal-specific ``traces_endpoint`` (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is
+    the URL, used as it is. A base ``endpoint`` gets ``/v1/traces`` appended
+    (``http://c:4318`` -> ``http://c:4318/v1/traces``; ``http://c/otlp/`` ->
+    ``http://c/otlp/v1/traces``), unless it already ends in ``/v1/traces``.
     """
-    base = endpoint or "http://localhost:4318"
-    parts = urlsplit(base)
+    field, url = (
+        ("otlp_traces_endpoint", traces_endpoint)
+        if traces_endpoint
+        else ("otlp_endpoint", endpoint or "http://localhost:4318")
+    )
+    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(
-            "otlp_endpoint",
-            f"otlp_endpoint must be an http:// or https:// URL for OTLP over HTTP, got {base!r}",
+            field, f"{field} must be an http:// or https:// URL for OTLP over HTTP, got {url!r}"
         )
-    if parts.path.rstrip("/").endswith("/v1/traces"):
-        return base
-    return base.rstrip("/") + "/v1/traces"
+    if traces_endpoint or parts.path.rstrip("/").endswith("/v1/traces"):
+        return url
+    return url.rstrip("/") + "/v1/traces"
 
 
 def _build_exporter(config: Config) -> _GuardedExporter:
@@ -483,7 +486,7 @@ def _build_exporter(config: Config) -> _GuardedExporter:
                 "otlp_protocol='grpc' needs opentelemetry-exporter-otlp-proto-grpc: "
                 f"pip install opentelemetry-exporter-otlp-proto-grpc ({exc})",
             ) from None
-        target = config.otlp_endpoint or "http://localhost:4317"
+        target = config.otlp_traces_endpoint or config.otlp_endpoint or "http://localhost:4317"
 
         def grpc_exporter() -> SpanExporter:
             return GrpcExporter(endpoint=target, timeout=timeout)
@@ -499,7 +502,7 @@ def _build_exporter(config: Config) -> _GuardedExporter:
             "traces_exporter='otlp' needs opentelemetry-exporter-otlp-proto-http: "
             f"pip install 'observekit[otel]' ({exc})",
         ) from None
-    url = _traces_url(config.otlp_endpoint)
+    url = _traces_url(config.otlp_endpoint, config.otlp_traces_endpoint)
     exporter_class = _fast_http_exporter(HttpExporter)
 
     def http_exporter() -> SpanExporter:

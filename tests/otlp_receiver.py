@@ -140,7 +140,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        if self.path != "/v1/traces":
+        if self.path != self.server.path:
             self._answer(404, b"", "text/plain")
             return
         encoding = (self.headers.get("Content-Encoding") or "").lower()
@@ -183,9 +183,10 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, collected: _Collected) -> None:
+    def __init__(self, collected: _Collected, path: str) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.collected = collected
+        self.path = path
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
 
@@ -207,15 +208,18 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class OTLPReceiver(_Collected):
-    """An OTLP/HTTP trace receiver in a thread, on a free port of 127.0.0.1."""
+    """An OTLP/HTTP trace receiver in a thread, on a free port of 127.0.0.1.
 
-    def __init__(self) -> None:
+    It answers POSTs to ``path`` only (other paths get 404, as a collector does).
+    """
+
+    def __init__(self, path: str = "/v1/traces") -> None:
         super().__init__()
-        self._server = _Server(self)
+        self._server = _Server(self, path)
         self.port = int(self._server.server_address[1])
         self.endpoint = f"http://127.0.0.1:{self.port}"
         """The base URL (``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
-        self.traces_url = f"{self.endpoint}/v1/traces"
+        self.traces_url = f"{self.endpoint}{path}"
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},

@@ -298,6 +298,11 @@ def test_bad_signal_settings_name_field_and_allowed_values(
             id="endpoint-turns-otlp-on",
         ),
         pytest.param(
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/in"},
+            {"otlp_traces_endpoint": "http://c:4318/in", "traces_exporter": "otlp"},
+            id="traces-endpoint-turns-otlp-on",
+        ),
+        pytest.param(
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"},
             {"otlp_endpoint": "http://c:4318", "traces_exporter": "none"},
             id="explicit-exporter-wins",

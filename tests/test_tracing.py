@@ -272,6 +272,48 @@ def test_signal_specific_endpoint_is_used_as_it_is(otel: Tracing) -> None:
         receiver.wait_for(lambda got: len(got) == 1)
 
 
+def test_signal_specific_endpoint_with_its_own_path_wins_over_the_base(otel: Tracing) -> None:
+    """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is the traces URL whatever its path (nothing is
+    appended), and it wins over OTEL_EXPORTER_OTLP_ENDPOINT, as the OTLP exporter spec says."""
+    with OTLPReceiver(path="/ingest/otlp-traces") as receiver:
+        config = observekit.Config.from_env(
+            {
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.traces_url,
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+            },
+            service_name="sig",
+        )
+        assert config.otlp_traces_endpoint == receiver.traces_url
+        assert config.traces_exporter == "otlp"
+        provider = otel.provider(config)
+        spans = tracing.ServerSpans(config, provider)
+        spans.finish(request(spans), status=200, route=None, error=None, error_type=None)
+        assert provider.force_flush(5000)
+        receiver.wait_for(lambda got: len(got) == 1)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "traces_endpoint", "url"),
+    [
+        pytest.param(None, "http://c/x", "http://c/x", id="signal-only"),
+        pytest.param("http://b:4318", "http://c:9/t/", "http://c:9/t/", id="signal-wins"),
+        pytest.param("http://b:4318", None, "http://b:4318/v1/traces", id="base-only"),
+    ],
+)
+def test_traces_url_takes_the_signal_endpoint_as_it_is(
+    endpoint: str | None, traces_endpoint: str | None, url: str
+) -> None:
+    """A signal-specific endpoint is never given /v1/traces; a base endpoint is."""
+    assert tracing._traces_url(endpoint, traces_endpoint) == url
+
+
+def test_signal_endpoint_without_http_scheme_names_its_own_field() -> None:
+    """A bad OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is reported as otlp_traces_endpoint."""
+    config = observekit.Config(traces_exporter="otlp", otlp_traces_endpoint="collector:4318")
+    with pytest.raises(observekit.ConfigError, match="otlp_traces_endpoint"):
+        tracing.configure(config, set_global=False)
+
+
 def test_gzip_compressed_export_is_decoded(otel: Tracing) -> None:
     """An OTLP/HTTP exporter with gzip compression is read by the receiver just the same."""
     from opentelemetry.exporter.otlp.proto.http import Compression
