@@ -15,7 +15,7 @@ Under load, datagrams are packed: one that comes less than
 ``statsd_flush_interval`` seconds (Config default 0.05; the constructor's
 ``flush_interval`` default 0) after the previous send joins a
 packet of up to ``statsd_max_packet`` bytes, which a background thread sends
-within that interval; full packets wait for it too (up to ``_MAX_HELD`` of them),
+within that interval; full packets wait for it too (up to 32 of them),
 so under load the request thread makes no send at all. A request after a quiet
 spell is sent immediately. ``statsd_flush_interval=0`` sends every request's datagram
 at once. Held lines are sent by ``flush()``, ``close()`` and at exit.
