@@ -380,21 +380,22 @@ def _write_direct(
         node = node.parent if node.propagate else None
     if found is None:
         return False
+    lock = found.lock
+    if lock is None:
+        return False
     formatter: JsonFormatter = found.formatter  # type: ignore[assignment]
     line = formatter.format_fields(
         time.time(), logging.getLevelName(levelno), logger.name, message, fields
     )
-    found.acquire()
-    try:
-        stream = found.stream
-        stream.write(line + "\n")
-        stream.flush()
-    except RecursionError:
-        raise
-    except Exception:
-        found.handleError(logger.makeRecord(logger.name, levelno, "", 0, message, (), None))
-    finally:
-        found.release()
+    with lock:  # what Handler.acquire() and release() do, without their two calls
+        try:
+            stream = found.stream
+            stream.write(line + "\n")
+            stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            found.handleError(logger.makeRecord(logger.name, levelno, "", 0, message, (), None))
     return True
 
 

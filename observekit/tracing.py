@@ -36,6 +36,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import random
 import sys
 import threading
 import time
@@ -63,9 +64,11 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags, set_span_in_context
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 from . import _otlp
 from ._config import Config
@@ -130,6 +133,36 @@ context, which a previous request on this thread may have left behind."""
 
 _attach = otel_context.attach
 _get_current_span = trace.get_current_span
+_getrandbits = random.getrandbits  # the module's instance, reseeded in a forked child
+
+
+def _runtime_var() -> contextvars.ContextVar[Context] | None:
+    """The ContextVar behind OpenTelemetry's runtime context, when it is the stock one.
+
+    ``otel_context.attach`` and ``get_current`` each go through two Python calls to
+    set or read it; a request does that several times. Any other runtime context
+    (or a changed SDK) gets ``None`` and the public API is used.
+    """
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+        runtime = getattr(otel_context, "_RUNTIME_CONTEXT", None)
+        var = getattr(runtime, "_current_context", None)
+    except ImportError:
+        return None
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(var, contextvars.ContextVar):
+        return var
+    return None
+
+
+_context_var = _runtime_var()
+if _context_var is not None:
+    _attach = _context_var.set  # type: ignore[assignment]
+    _current_context = _context_var.get
+
+    def _get_current_span(context: Context | None = None) -> trace.Span:
+        span = (_current_context() if context is None else context).get(_SPAN_KEY)
+        return span if isinstance(span, trace.Span) else trace.INVALID_SPAN
 
 
 # -- configure ---------------------------------------------------------------------
@@ -892,6 +925,7 @@ class _LightSink:
         "parent_based_on",
         "processor",
         "provider",
+        "random_ids",
         "sampler",
         "scope",
     )
@@ -900,6 +934,9 @@ class _LightSink:
         self.sampler = provider.sampler
         self.parent_based_on = _is_parent_based_always_on(self.sampler)
         self.id_generator = provider.id_generator
+        # The SDK's default generator is getrandbits, retried on zero: called here
+        # directly, without its two method calls per span.
+        self.random_ids = type(self.id_generator) is RandomIdGenerator
         # The resource is read when a span ends: the SDK renews it in a forked child.
         self.provider = provider
         self.processor = processor
@@ -914,13 +951,19 @@ class _LightSink:
         kind: SpanKind = SpanKind.SERVER,
     ) -> trace.Span:
         """A span of ``kind`` under ``parent`` (``None``: the current context)."""
-        parent_context = trace.get_current_span(parent).get_span_context()
+        parent_context = _get_current_span(parent).get_span_context()
+        random_ids = self.random_ids
         if parent_context.is_valid:
             trace_id = parent_context.trace_id
             parent_or_none: trace.SpanContext | None = parent_context
         else:
-            trace_id = self.id_generator.generate_trace_id()
+            trace_id = _getrandbits(128) if random_ids else 0
+            if not trace_id:
+                trace_id = self.id_generator.generate_trace_id()
             parent_or_none = None
+        span_id = _getrandbits(64) if random_ids else 0
+        if not span_id:
+            span_id = self.id_generator.generate_span_id()
         if self.parent_based_on:
             # The default sampler's decision, without its call: sample a root, follow a
             # parent; keep the parent's trace state; the attributes are ours, unchanged.
@@ -931,7 +974,7 @@ class _LightSink:
                 trace_state = parent_context.trace_state
             context = trace.SpanContext(
                 trace_id,
-                self.id_generator.generate_span_id(),
+                span_id,
                 is_remote=False,
                 trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
                 trace_state=trace_state,
@@ -944,7 +987,7 @@ class _LightSink:
         sampled = decision is _sampling.Decision.RECORD_AND_SAMPLE
         context = trace.SpanContext(
             trace_id,
-            self.id_generator.generate_span_id(),
+            span_id,
             is_remote=False,
             trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
             trace_state=result.trace_state,
@@ -1159,7 +1202,7 @@ class _LightSpan(trace.Span):
 
 
 class _Handle:
-    __slots__ = ("context", "label", "route", "span", "trace_id")
+    __slots__ = ("active", "context", "label", "route", "span", "trace_id")
 
     def __init__(self, span: trace.Span, context: Context, label: str, route: str | None) -> None:
         self.span = span
@@ -1167,6 +1210,9 @@ class _Handle:
         self.label = label
         self.route = route
         self.trace_id: str | None = None
+        # The context with the span current, made on first activation and reused: a
+        # request is entered more than once (the app, each chunk, close()).
+        self.active: Context | None = None
 
 
 class ServerSpans:
@@ -1256,7 +1302,10 @@ class ServerSpans:
         if handle is None:
             return None
         try:
-            return _attach(set_span_in_context(handle.span, handle.context))
+            active = handle.active
+            if active is None:
+                active = handle.active = set_span_in_context(handle.span, handle.context)
+            return _attach(active)
         except Exception:
             self._internal_error("activate")
             return None
@@ -1323,8 +1372,9 @@ class ServerSpans:
             return cached or None
         try:
             context = handle.span.get_span_context()
-            if context.is_valid and context.trace_flags.sampled:
-                handle.trace_id = format(context.trace_id, "032x")
+            if context.is_valid and context.trace_flags & 1:
+                ids = _prime_ids(context)
+                handle.trace_id = ids[0]
             else:
                 handle.trace_id = ""
         except Exception:
@@ -1376,13 +1426,18 @@ def current_ids() -> tuple[str, str] | None:
     Reads OpenTelemetry's context, so any span counts: observekit's server spans,
     task spans, or the application's own. Cheap: the log formatter calls it per line.
     """
-    global _last_ids
     context = _get_current_span().get_span_context()
     last = _last_ids
     if last is not None and last[0] is context:
         return last[1]
     if not (context.trace_flags & 1) or not context.is_valid:
         return None
+    return _prime_ids(context)
+
+
+def _prime_ids(context: trace.SpanContext) -> tuple[str, str]:
+    """A valid, sampled context's IDs as hex, kept for :func:`current_ids`'s next call."""
+    global _last_ids
     ids = (format(context.trace_id, "032x"), format(context.span_id, "016x"))
     _last_ids = (context, ids)
     return ids

@@ -216,3 +216,58 @@ def test_the_configured_sampler_decides(
             assert rid != "4bf92f3577b34da6a3ce929d0e0e4736"
     finally:
         provider.shutdown()
+
+
+def test_the_stock_runtime_context_is_set_and_read_directly() -> None:
+    """observekit sets and reads OpenTelemetry's context through its ContextVar, not
+    two Python calls each way: the shortcut must be in use (it switches itself off
+    when the SDK's runtime context changes) and agree with the public API."""
+    from opentelemetry import context as otel_context
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    assert observekit.tracing._context_var is not None, "the runtime-context shortcut is off"
+    span = trace.NonRecordingSpan(
+        trace.SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=trace.TraceFlags(1))
+    )
+    assert observekit.tracing._get_current_span() is trace.get_current_span()
+    token = observekit.tracing._attach(trace.set_span_in_context(span))
+    try:
+        assert trace.get_current_span() is span
+        assert observekit.tracing._get_current_span() is span
+        odd = otel_context.set_value(_SPAN_KEY, "not a span")
+        assert observekit.tracing._get_current_span(odd) is trace.INVALID_SPAN
+        assert observekit.tracing.current_ids() == ("0" * 28 + "1234", "0" * 12 + "5678")
+    finally:
+        otel_context.detach(token)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_default_id_generator_is_called_directly(keep: tuple[Keep, Any, Config]) -> None:
+    """With the SDK's RandomIdGenerator, IDs come straight from getrandbits: each span
+    gets its own non-zero span ID and a new trace its own trace ID."""
+    exporter, provider, config = keep
+    spans = observekit.tracing.ServerSpans(config, provider)
+    assert spans._light is not None
+    assert spans._light.random_ids
+    for _ in range(50):
+        handle = spans.start(
+            "GET",
+            "/",
+            "http",
+            {},
+            client=None,
+            server_address=None,
+            server_port=None,
+            user_agent=None,
+            protocol_version=None,
+            query=None,
+            route=None,
+        )
+        spans.finish(handle, status=200, route=None, error=None, error_type=None)
+    provider.force_flush()
+    contexts = [span.context for span in exporter.spans]
+    assert len(contexts) == 50
+    assert len({c.span_id for c in contexts}) == 50
+    assert all(c.span_id for c in contexts)
+    assert len({c.trace_id for c in contexts}) == 50
+    assert all(c.trace_id for c in contexts)
