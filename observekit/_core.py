@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from ._access import AccessValues
+from ._access import fields as access_fields
 from ._config import Config
 from ._context import RequestContext, _current, leave
 from ._every import Every
@@ -39,7 +41,7 @@ _ERROR = logging.ERROR
 
 # Set by observekit.logging: writes an access line straight to the one JSON handler it
 # would reach and returns True, or returns False when logging.handle() must do it.
-_direct_writer: list[Callable[[logging.Logger, int, str, dict[str, Any]], bool] | None] = [None]
+_direct_writer: list[Callable[[logging.Logger, int, str, AccessValues], bool] | None] = [None]
 
 
 class _RecordMaker:
@@ -789,41 +791,32 @@ class Exchange:
         logger = observer.access_logger
         if not logger.isEnabledFor(level):
             return
-        duration_ms = round(duration * 1000.0, 3)
         headers = info.headers
-        fields: dict[str, Any] = {
-            "http.request.method": info.method,
-            "url.path": info.path,
-            "url.scheme": info.scheme,
-        }
-        if route is not None:
-            fields["http.route"] = route
-        fields["http.response.status_code"] = status
-        fields["duration_ms"] = duration_ms
-        value = headers.get("content-type")
-        if value is not None:
-            fields["http.request.header.content-type"] = value
-        value = headers.get("content-length")
-        if value is not None and value.isdigit():
-            fields["http.request.body.size"] = int(value)
-        if self.response_content_type is not None:
-            fields["http.response.header.content-type"] = self.response_content_type
+        request_size = headers.get("content-length")
         size = self.response_bytes
         if size == 0 and self.response_content_length is not None:
             length = self.response_content_length
-            if length.isdigit():
+            if length.isascii() and length.isdigit():
                 size = int(length)
-        fields["http.response.body.size"] = size
-        if info.client is not None:
-            fields["client.address"] = info.client
-        value = headers.get("user-agent")
-        if value is not None:
-            fields["user_agent.original"] = value
-        if self.error_type is not None:
-            fields["error.type"] = self.error_type
-        if self.fault is not None:
-            fields["fault.injected"] = self.fault
+        values: AccessValues = (
+            info.method,
+            info.path,
+            info.scheme,
+            route,
+            status,
+            round(duration * 1000.0, 3),
+            headers.get("content-type"),
+            int(request_size)
+            if request_size is not None and request_size.isascii() and request_size.isdigit()
+            else None,
+            self.response_content_type,
+            size,
+            info.client,
+            headers.get("user-agent"),
+            self.error_type,
+            self.fault,
+        )
         message = f"{info.method} {info.path} {status}"
         direct = _direct_writer[0]
-        if direct is None or not direct(logger, level, message, fields):
-            logger.handle(observer.make_record(level, message, fields))
+        if direct is None or not direct(logger, level, message, values):
+            logger.handle(observer.make_record(level, message, access_fields(values)))

@@ -33,6 +33,8 @@ from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
 
 from . import _core
+from ._access import AccessValues, json_fields
+from ._access import fields as access_fields
 from ._config import Config
 from ._context import RequestContext, current
 from ._core import qualified_name
@@ -47,6 +49,9 @@ __all__ = [
 ]
 
 _MISSING: Any = object()
+_REQUEST_ID = ', "request_id": '
+_TRACE_ID = ', "trace_id": '
+_SPAN_ID = ', "span_id": '
 
 # Set by observekit.tracing once OpenTelemetry is in use: returns the current span's
 # (trace_id, span_id) as hex, or None. A list so the hot path reads one cell.
@@ -141,6 +146,16 @@ class JsonFormatter(_BaseJsonFormatter):
             ensure_ascii=json_ensure_ascii, allow_nan=False, default=json_default
         )
         self._iterencode = self._make_iterencode()
+        # The string escaper the C encoder uses, for lines written without it (access
+        # lines); None when this formatter's encoder is not the stock one.
+        self._escape: Callable[[str], str] | None = (
+            None
+            if self._iterencode is None
+            else encode_basestring_ascii
+            if json_ensure_ascii
+            else encode_basestring
+        )
+        self._heads: dict[tuple[int, str], str] = {}
         # Fixed fields are serialized once and appended to every line.
         self._suffix = ", " + self._encoder.encode(service)[1:]
         self._skip = _RECORD_ATTRS
@@ -278,6 +293,67 @@ class JsonFormatter(_BaseJsonFormatter):
             self._add_bound(out, ctx)
         return self._line(out)
 
+    def format_access(
+        self, created: float, levelno: int, logger: str, message: str, values: AccessValues
+    ) -> str:
+        """The line :meth:`format` writes for observekit's access record of ``values``.
+
+        Written without the JSON encoder's pass over a dict (see ``observekit._access``);
+        anything unusual (another encoder, a value of an unexpected type, ``bind()``
+        fields) goes through :meth:`format_fields`, which writes the same line.
+        """
+        escape = self._escape
+        if escape is None:
+            return self._access_fallback(created, levelno, logger, message, values)
+        ctx = current()
+        try:
+            head = self._heads.get((levelno, logger))
+            if head is None:
+                head = self._head(levelno, logger, escape)
+            ids = None
+            source = _trace_source[0]
+            if source is not None:
+                ids = _safe_call(source)
+            line = (
+                f'{{"timestamp": "{_rfc3339(created)}", {head}, "message": {escape(message)}'
+                f"{'' if ctx is None else _REQUEST_ID + escape(ctx.request_id)}"
+                f"{'' if ids is None else _TRACE_ID + escape(ids[0]) + _SPAN_ID + escape(ids[1])}"
+                f"{json_fields(escape, values)}"
+                f"{'' if ctx is None or not ctx.fields else self._bound_json(ctx.fields, values)}"
+                f"{self._suffix}"
+            )
+        except Exception:
+            return self._access_fallback(created, levelno, logger, message, values)
+        return self.prefix + line if self.prefix else line
+
+    def _bound_json(self, bound: dict[str, Any], values: AccessValues) -> str:
+        """``bind()`` fields as JSON members after ``", "``, as :meth:`_add_bound` adds them."""
+        present = access_fields(values)
+        protected = self._protected
+        extra: dict[str, Any] = {}
+        for key, value in bound.items():
+            if key in protected:
+                key = "extra." + key
+            if key not in present and key not in extra:
+                extra[key] = value
+        if not extra:
+            return ""
+        assert self._iterencode is not None  # format_access runs only with the C encoder
+        return ", " + "".join(self._iterencode(extra, 0))[1:-1]
+
+    def _head(self, levelno: int, logger: str, escape: Callable[[str], str]) -> str:
+        head = f'"level": {escape(logging.getLevelName(levelno))}, "logger": {escape(logger)}'
+        if len(self._heads) < 64:  # a handful of (level, logger) pairs in practice
+            self._heads[(levelno, logger)] = head
+        return head
+
+    def _access_fallback(
+        self, created: float, levelno: int, logger: str, message: str, values: AccessValues
+    ) -> str:
+        return self.format_fields(
+            created, logging.getLevelName(levelno), logger, message, access_fields(values)
+        )
+
     def _safe_value(self, value: Any) -> Any:
         try:
             self._encoder.encode(value)
@@ -348,10 +424,8 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
-def _write_direct(
-    logger: logging.Logger, levelno: int, message: str, fields: dict[str, Any]
-) -> bool:
-    """Write an observekit line straight to the one handler it would reach; False if not.
+def _write_direct(logger: logging.Logger, levelno: int, message: str, values: AccessValues) -> bool:
+    """Write an access line straight to the one handler it would reach; False if not.
 
     True only when ``logger.handle()`` would pass the record to exactly one
     handler, a :class:`LineHandler` with this module's :class:`JsonFormatter`
@@ -384,9 +458,7 @@ def _write_direct(
     if lock is None:
         return False
     formatter: JsonFormatter = found.formatter  # type: ignore[assignment]
-    line = formatter.format_fields(
-        time.time(), logging.getLevelName(levelno), logger.name, message, fields
-    )
+    line = formatter.format_access(time.time(), levelno, logger.name, message, values)
     with lock:  # what Handler.acquire() and release() do, without their two calls
         try:
             stream = found.stream

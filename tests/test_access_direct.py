@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +21,9 @@ import pytest
 import observekit
 from observekit import Config
 from observekit import _core as core
+from observekit._access import AccessValues
+from observekit._access import fields as access_fields
+from observekit._context import RequestContext, enter, leave
 from observekit.logging import JsonFormatter, LineHandler, use_trace_ids
 from observekit.wsgi import ObservabilityMiddleware
 
@@ -98,6 +103,122 @@ def test_direct_line_equals_the_logging_path_line(alone: Setup, config: Config, 
     assert fields["tenant"] == "acme"
     assert fields["level"] == ("ERROR" if path == "/fail" else "INFO")
     assert fields["service.name"] == "test-svc"
+
+
+def _timeless(line: str) -> str:
+    """The line as written, minus the two values that differ between two requests."""
+    line = re.sub(r'"timestamp": "[^"]*"', '"timestamp": ""', line)
+    return re.sub(r'"duration_ms": [0-9.e-]+', '"duration_ms": 0', line)
+
+
+def plain_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """No bind(): the line is written by ``format_access``'s template, not the fallback."""
+    path = environ["PATH_INFO"]
+    headers = [("Content-Length", "2")]
+    if path.startswith("/typed"):
+        headers.append(("Content-Type", 'text/plain; name="x\\y"'))
+    start_response("503 Busy" if path.endswith("/down") else "200 OK", headers)
+    return [b"ok"]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        pytest.param("/", {}, id="minimal"),
+        pytest.param(
+            "/typed/caf\u00e9",
+            {"Content-Type": "application/json", "Content-Length": "0", "User-Agent": 'q"\\ \t'},
+            id="all-headers-escapes",
+        ),
+        pytest.param("/x/down", {"Content-Length": "\u00b2", "User-Agent": "\u00fc"}, id="error"),
+    ],
+)
+@pytest.mark.parametrize("ascii_only", [True, False], ids=["ascii", "utf8"])
+def test_the_access_template_writes_the_logging_path_line(
+    alone: Setup,
+    config: Config,
+    path: str,
+    headers: dict[str, str],
+    ascii_only: bool,
+) -> None:
+    """The f-string template (no bind() fields) writes byte for byte the line the
+    logging path's JSON encoder writes, whatever must be escaped, for either
+    ``json_ensure_ascii``; a superscript digit in Content-Length is no size."""
+    alone.handler.setFormatter(JsonFormatter(config=config, json_ensure_ascii=ascii_only))
+    alone.only()
+    fallbacks: list[str] = []
+    fallback = JsonFormatter._access_fallback
+    JsonFormatter._access_fallback = lambda self, *args: fallbacks.append("used") or ""  # type: ignore[method-assign]
+    mw = ObservabilityMiddleware(plain_app, config=config)
+    request_headers = {"X-Request-ID": "rid-7", **headers}
+    try:
+        call(mw, path, headers=request_headers)
+    finally:
+        JsonFormatter._access_fallback = fallback  # type: ignore[method-assign]
+    assert alone.records == 0
+    assert fallbacks == []
+    alone.handler.addFilter(lambda record: True)
+    call(mw, path, headers=request_headers)
+    assert alone.records == 1
+    direct, logged = alone.lines()
+    assert _timeless(direct) == _timeless(logged)
+    line = json.loads(direct)
+    assert line["request_id"] == "rid-7"
+    assert line["url.path"].startswith(path[:6])
+    assert ("http.request.body.size" in line) == (headers.get("Content-Length") == "0")
+    if ascii_only:
+        assert direct.isascii()
+    elif path != "/":
+        assert not direct.isascii()
+
+
+def test_format_access_equals_format_fields_for_random_values(config: Config) -> None:
+    """Random strings (quotes, control characters, non-ASCII, surrogates), sizes, absent
+    fields and bind() fields: the template and the encoder agree on every line."""
+    rng = random.Random(7)
+    alphabet = 'ab/"\\\n\t\x00\x1f\u00e9\u2028\U0001f600\ud800 '
+
+    def text() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+
+    def maybe(make: Callable[[], Any]) -> Any:
+        return make() if rng.random() < 0.5 else None
+
+    for ascii_only in (True, False):
+        formatter = JsonFormatter(config=config, json_ensure_ascii=ascii_only)
+        for _ in range(300):
+            values: AccessValues = (
+                text(),
+                text(),
+                text(),
+                maybe(text),
+                rng.randrange(100, 600),
+                round(rng.random() * rng.choice([1, 1e3, 1e6]), 3),
+                maybe(text),
+                maybe(lambda: rng.randrange(0, 1 << 40)),
+                maybe(text),
+                rng.randrange(0, 1 << 20),
+                maybe(text),
+                maybe(text),
+                maybe(text),
+                maybe(text),
+            )
+            level = rng.choice([logging.INFO, logging.ERROR])
+            message = text()
+            # bind() fields, some named like a line's own (kept as extra.<name> or dropped).
+            names = [text(), "url.path", "http.route", "request_id", "service.name"]
+            bound = {
+                rng.choice(names): rng.choice([text(), 7, None, [1], object()]) for _ in range(3)
+            }
+            token = enter(RequestContext(text(), bound)) if rng.random() < 0.8 else None
+            try:
+                expected = formatter.format_fields(
+                    1.7e9, logging.getLevelName(level), ACCESS, message, access_fields(values)
+                )
+                assert formatter.format_access(1.7e9, level, ACCESS, message, values) == expected
+            finally:
+                if token is not None:
+                    leave(token)
 
 
 def _second_handler(setup: Setup) -> None:

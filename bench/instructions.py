@@ -1,0 +1,183 @@
+"""CPU instructions per request, counted by valgrind's callgrind: a steady figure where
+timings on a shared machine move by ±20%.
+
+Each stack of ``bench/server_apps.py`` (``BENCH_STACK``) is driven in-process with a
+gunicorn-like environ, once for ``--small`` and once for ``--large`` requests, under
+``valgrind --tool=callgrind --separate-threads=yes`` with ``PYTHONHASHSEED=0``. The
+difference divided by ``large - small`` is the cost of one request, with start-up and
+imports cancelled out. The request thread (the main thread) and the other threads (the
+span export thread, the statsd flush) are reported apart. The statsd and OTLP sinks run
+in a separate process, so their work is not counted.
+
+Under a real gunicorn worker the stack costs the same instructions per request as here;
+it runs them at a lower IPC (cold caches between requests), so this shows what a change
+saves, not the requests/s it gives: ``bench/servers.py`` measures that.
+
+    .venv/bin/python bench/instructions.py --stacks bare,observekit,observekit-spans
+
+Needs valgrind. Each stack takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _environ() -> dict[str, Any]:
+    """What gunicorn's sync worker hands the app for ``GET /`` from a plain HTTP client."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/",
+        "QUERY_STRING": "",
+        "RAW_URI": "/",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "54321",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "loadgen/1.0",
+        "HTTP_ACCEPT": "*/*",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+        "gunicorn.socket": None,
+    }
+
+
+def _drive(requests: int) -> None:
+    sys.path.insert(0, _ROOT)
+    from bench.server_apps import wsgi_app
+
+    base = _environ()
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return None
+
+    for _ in range(requests):
+        body = wsgi_app(dict(base), start_response)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    # Let the export thread send what is queued, inside the counted run for both sizes.
+    time.sleep(1.5)
+    from opentelemetry import trace
+
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is not None:
+        flush()
+
+
+def _sinks() -> tuple[subprocess.Popen[str], int, str]:
+    code = (
+        f"import sys; sys.path.insert(0, {_ROOT!r})\n"
+        "from bench.servers import _Sinks\n"
+        "s = _Sinks(); print(s.statsd_port, s.otlp_endpoint, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    port, endpoint = proc.stdout.readline().split()
+    return proc, int(port), endpoint
+
+
+def _count(stack: str, requests: int, port: int, endpoint: str) -> dict[int, int]:
+    """Instructions per thread number (1 is the main thread) for one run."""
+    with tempfile.TemporaryDirectory() as out:
+        env = dict(
+            os.environ,
+            PYTHONHASHSEED="0",
+            BENCH_STACK=stack,
+            BENCH_KIND="wsgi",
+            BENCH_STATSD_PORT=str(port),
+            BENCH_OTLP_ENDPOINT=endpoint,
+        )
+        subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--separate-threads=yes",
+                f"--callgrind-out-file={out}/cg.out",
+                sys.executable,
+                os.path.abspath(__file__),
+                "--drive",
+                str(requests),
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        counts: dict[int, int] = {}
+        for path in glob.glob(f"{out}/cg.out*"):
+            match = re.search(r"-(\d+)$", path)
+            thread = int(match.group(1)) if match else 1
+            with open(path) as f:
+                for line in f:
+                    if line.startswith(("summary:", "totals:")):
+                        counts[thread] = int(line.split()[1])
+                        break
+        return counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--stacks", default="bare,observekit")
+    parser.add_argument("--small", type=int, default=300)
+    parser.add_argument("--large", type=int, default=1300)
+    parser.add_argument("--drive", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.drive is not None:
+        _drive(args.drive)
+        return 0
+    sinks, port, endpoint = _sinks()
+    try:
+        print("| stack | request thread | other threads | total | vs bare |")
+        print("|---|---:|---:|---:|---:|")
+        bare_total: float | None = None
+        for stack in args.stacks.split(","):
+            small = _count(stack, args.small, port, endpoint)
+            large = _count(stack, args.large, port, endpoint)
+            n = args.large - args.small
+            main_thread = (large.get(1, 0) - small.get(1, 0)) / n
+            others = (sum(large.values()) - sum(small.values())) / n - main_thread
+            total = main_thread + others
+            if stack == "bare":
+                bare_total = total
+            added = "" if bare_total is None else f"+{(total - bare_total) / 1000:.0f}k"
+            print(
+                f"| {stack} | {main_thread / 1000:.0f}k | {others / 1000:.0f}k "
+                f"| {total / 1000:.0f}k | {added} |",
+                flush=True,
+            )
+    finally:
+        assert sinks.stdin is not None
+        sinks.stdin.close()
+        sinks.wait(5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
