@@ -1438,7 +1438,8 @@ def current_ids() -> tuple[str, str] | None:
 def _prime_ids(context: trace.SpanContext) -> tuple[str, str]:
     """A valid, sampled context's IDs as hex, kept for :func:`current_ids`'s next call."""
     global _last_ids
-    ids = (format(context.trace_id, "032x"), format(context.span_id, "016x"))
+    # to_bytes().hex(): half the instructions of format(..., "032x"), the same digits.
+    ids = (context.trace_id.to_bytes(16, "big").hex(), context.span_id.to_bytes(8, "big").hex())
     _last_ids = (context, ids)
     return ids
 
