@@ -1286,6 +1286,9 @@ class _LightSpan(trace.Span, ReadableSpan):
             processor._enqueue(self)
 
 
+_otlp.read_directly(_LightSpan)
+
+
 class _Handle:
     __slots__ = ("active", "context", "label", "route", "span", "trace_id")
 
