@@ -776,6 +776,9 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
         self._emit: Callable[[ReadableSpan], None] = (
             batch.emit if batch is not None else super().on_end
         )
+        # Light spans skip on_end and emit's call: _enqueue does what emit does, when
+        # the SDK's emit is still the one it copies (see _inline_emit).
+        self._batch: Any = batch if _inline_emit(batch, self._queue) else None
         self._stopped = False
         self._drop_lock = threading.Lock()
         self.dropped_spans = 0
@@ -820,6 +823,25 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
             self._dropped()
             return
         self._emit(span)
+
+    def _enqueue(self, span: ReadableSpan) -> None:
+        """``on_end`` for a sampled span of observekit's own (a light span): the SDK's
+        ``emit`` inlined, its fork check (``_pid``: a new export thread in a forked
+        child) and shutdown check included, by way of ``emit`` itself when either fires."""
+        batch = self._batch
+        if batch is None:
+            self.on_end(span)
+            return
+        queue = self._queue
+        if self._stopped or len(queue) >= self._max_queue_size:
+            self._dropped()
+            return
+        if batch._shutdown or batch._pid != _getpid():
+            batch.emit(span)
+            return
+        queue.appendleft(span)
+        if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
+            batch._worker_awaken.set()
 
     def _dropped(self) -> None:
         with self._drop_lock:
@@ -892,6 +914,58 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
         self._every = Every(_WARN_EVERY)
         self.dropped_spans = self._dropped_reported = 0
         self._guarded._after_fork_in_child()
+
+
+_EMIT_NAMES: Final = frozenset(
+    {
+        "_shutdown",
+        "_logger",
+        "info",
+        "_exporting",
+        "_metrics",
+        "drop_items",
+        "_pid",
+        "os",
+        "getpid",
+        "_bsp_reset_once",
+        "do_once",
+        "_at_fork_reinit",
+        "len",
+        "_queue",
+        "_max_queue_size",
+        "warning",
+        "appendleft",
+        "_max_export_batch_size",
+        "_worker_awaken",
+        "is_set",
+        "set",
+    }
+)
+"""The names the SDK's ``BatchProcessor.emit`` uses (1.3x to 1.45 at least): a change
+means it does something :meth:`BoundedBatchSpanProcessor._enqueue` does not copy."""
+_getpid = os.getpid
+
+
+def _inline_emit(batch: object, queue: object) -> bool:
+    """Whether ``_enqueue`` may stand in for ``batch.emit``: the SDK's own BatchProcessor,
+    its emit unchanged (the names it uses), and the fields _enqueue reads present."""
+    try:
+        from opentelemetry.sdk._shared_internal import BatchProcessor
+    except ImportError:
+        return False
+    emit = getattr(type(batch), "emit", None)
+    code = getattr(emit, "__code__", None)
+    return (
+        type(batch) is BatchProcessor
+        and code is not None
+        and frozenset(code.co_names) == _EMIT_NAMES
+        and queue is not None
+        and getattr(batch, "_queue", None) is queue
+        and isinstance(getattr(batch, "_pid", None), int)
+        and isinstance(getattr(batch, "_shutdown", None), bool)
+        and isinstance(getattr(batch, "_max_export_batch_size", None), int)
+        and isinstance(getattr(batch, "_worker_awaken", None), threading.Event)
+    )
 
 
 def _bounded(function: Callable[[], object], timeout: float, name: str) -> bool:
@@ -994,7 +1068,9 @@ class _LightSink:
         )
         if not sampled and decision is not _sampling.Decision.RECORD_ONLY:
             return trace.NonRecordingSpan(context)
-        return _LightSpan(self, name, context, parent_or_none, dict(result.attributes), kind)
+        return _LightSpan(
+            self, name, context, parent_or_none, dict(result.attributes), kind, sampled
+        )
 
 
 def _is_parent_based_always_on(sampler: object) -> bool:
@@ -1023,9 +1099,9 @@ def _light_sink_for(provider: object) -> tuple[_LightSink, Any, Any] | None:
     return None
 
 
-class _LightSpan(trace.Span):
-    """A SERVER or CLIENT span made without the SDK's ``Span`` machinery, handed to the
-    batch processor as a ``ReadableSpan`` when it ends.
+class _LightSpan(trace.Span, ReadableSpan):
+    """A SERVER or CLIENT span made without the SDK's ``Span`` machinery, and handed,
+    itself, to the batch processor when it ends: it is its own ``ReadableSpan``.
 
     Used only with a provider :func:`configure` built (its processors are
     known). It is a complete ``opentelemetry.trace.Span`` for application code:
@@ -1033,6 +1109,12 @@ class _LightSpan(trace.Span):
     and limits), events and links are bounded by the SDK's ``SpanLimits``, and
     status follows the SDK's rules. What it skips is per-request work observekit
     does not need for the attributes it sets itself, which are already clean.
+
+    It holds its data in the fields the SDK's ``ReadableSpan`` properties read
+    (``_name``, ``_attributes``, ...), so ``.attributes``, ``.events``,
+    ``.to_json()`` and the rest answer as the SDK's copy of an ended span would; no
+    copy is made. Once ended it takes no change (the exporter reads it from another
+    thread), and :mod:`observekit._otlp` reads those fields directly.
     """
 
     __slots__ = (
@@ -1040,11 +1122,15 @@ class _LightSpan(trace.Span):
         "_context",
         "_end_time",
         "_events",
+        "_export",
+        "_instrumentation_info",
+        "_instrumentation_scope",
         "_kind",
         "_links",
         "_lock",
         "_name",
         "_parent",
+        "_resource",
         "_sink",
         "_start_time",
         "_status",
@@ -1058,17 +1144,24 @@ class _LightSpan(trace.Span):
         parent: trace.SpanContext | None,
         attributes: dict[str, Any],
         kind: SpanKind = SpanKind.SERVER,
+        sampled: bool = True,
     ) -> None:
         self._sink = sink
+        # The processor that gets the span when it ends (None: not sampled, or none).
+        self._export = sink.processor if sampled else None
         self._kind = kind
         self._name = name
-        self._context = context
+        self._context: trace.SpanContext = context
         self._parent = parent
         self._attributes: dict[str, Any] | BoundedAttributes = attributes
-        self._events: BoundedList[Event] | None = None
-        self._links: BoundedList[trace.Link] | None = None
+        self._events: Sequence[Event] = ()  # a BoundedList from the first event on
+        self._links: Sequence[trace.Link] = ()
         self._status = _UNSET
         self._end_time: int | None = None
+        # Read at start: the SDK renews the provider's resource in a forked child.
+        self._resource = sink.provider.resource
+        self._instrumentation_scope = sink.scope
+        self._instrumentation_info = None
         self._lock = threading.Lock()
         self._start_time = time.time_ns()
 
@@ -1103,8 +1196,13 @@ class _LightSpan(trace.Span):
                     bounded[key] = value
 
     def _set_clean(self, key: str, value: str | int) -> None:
-        """An attribute observekit made (a str or int): nothing to clean in a plain dict."""
-        self._attributes[key] = value
+        """An attribute observekit made (a str or int): nothing to clean in a plain dict.
+
+        Called only by the code that ends the span, before it does (no lock needed
+        against end(); an ended span, which the exporter may be reading, is left alone).
+        """
+        if self._end_time is None:
+            self._attributes[key] = value
 
     def add_event(
         self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
@@ -1123,9 +1221,10 @@ class _LightSpan(trace.Span):
         with self._lock:
             if self._end_time is not None:
                 return
-            if self._events is None:
-                self._events = BoundedList(limits.max_events)
-            self._events.append(event)
+            events = self._events
+            if not isinstance(events, BoundedList):
+                events = self._events = BoundedList(limits.max_events)
+            events.append(event)
 
     def add_link(self, context: trace.SpanContext, attributes: Any = None) -> None:
         if not context.is_valid:
@@ -1134,9 +1233,10 @@ class _LightSpan(trace.Span):
         with self._lock:
             if self._end_time is not None:
                 return
-            if self._links is None:
-                self._links = BoundedList(self._sink.limits.max_links)
-            self._links.append(link)
+            links = self._links
+            if not isinstance(links, BoundedList):
+                links = self._links = BoundedList(self._sink.limits.max_links)
+            links.append(link)
 
     def update_name(self, name: str) -> None:
         with self._lock:
@@ -1144,14 +1244,16 @@ class _LightSpan(trace.Span):
                 self._name = name
 
     def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        # The SDK's rules: OK is final, UNSET is ignored.
-        if self._status.status_code is StatusCode.OK:
+        # The SDK's rules: OK is final, UNSET is ignored; and nothing once ended.
+        if not isinstance(status, Status):
+            if status is StatusCode.UNSET:
+                return
+            status = Status(status, description)
+        elif status.status_code is StatusCode.UNSET:
             return
-        if isinstance(status, Status):
-            if status.status_code is not StatusCode.UNSET:
+        with self._lock:
+            if self._end_time is None and self._status.status_code is not StatusCode.OK:
                 self._status = status
-        elif status is not StatusCode.UNSET:
-            self._status = Status(status, description)
 
     def record_exception(
         self,
@@ -1179,26 +1281,12 @@ class _LightSpan(trace.Span):
             if self._end_time is not None:
                 return
             self._end_time = end_time if end_time is not None else time.time_ns()
-        processor = self._sink.processor
-        if processor is None or not self._context.trace_flags.sampled:
-            return
-        sink = self._sink
-        processor.on_end(
-            ReadableSpan(
-                name=self._name,
-                context=self._context,
-                parent=self._parent,
-                resource=sink.provider.resource,
-                attributes=self._attributes,
-                events=self._events or (),
-                links=self._links or (),
-                kind=self._kind,
-                status=self._status,
-                start_time=self._start_time,
-                end_time=self._end_time,
-                instrumentation_scope=sink.scope,
-            )
-        )
+        processor = self._export
+        if processor is not None:
+            processor._enqueue(self)
+
+
+_otlp.read_directly(_LightSpan)
 
 
 class _Handle:

@@ -7,6 +7,7 @@ processor observekit does not know.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -271,3 +272,213 @@ def test_default_id_generator_is_called_directly(keep: tuple[Keep, Any, Config])
     assert all(c.span_id for c in contexts)
     assert len({c.trace_id for c in contexts}) == 50
     assert all(c.trace_id for c in contexts)
+
+
+def _sdk_copy(span: Any) -> ReadableSpan:
+    """What end() used to hand the processor: an SDK ReadableSpan of the same data."""
+    return ReadableSpan(
+        name=span._name,
+        context=span._context,
+        parent=span._parent,
+        resource=span._resource,
+        attributes=span._attributes,
+        events=span._events or (),
+        links=span._links or (),
+        kind=span._kind,
+        status=span._status,
+        start_time=span._start_time,
+        end_time=span._end_time,
+        instrumentation_scope=span._instrumentation_scope,
+    )
+
+
+_READ = (
+    "name",
+    "context",
+    "kind",
+    "parent",
+    "start_time",
+    "end_time",
+    "status",
+    "attributes",
+    "events",
+    "links",
+    "resource",
+    "instrumentation_scope",
+    "dropped_attributes",
+    "dropped_events",
+    "dropped_links",
+)
+
+
+@pytest.mark.parametrize(
+    "enriched", [pytest.param(False, id="plain"), pytest.param(True, id="enriched")]
+)
+def test_the_processor_receives_the_span_itself(
+    keep: tuple[Keep, Any, Config], enriched: bool
+) -> None:
+    """No copy per request: the exporter gets the very span the app saw, and everything
+    it reads (properties, to_json) equals what an SDK ReadableSpan of it would give."""
+    exporter, provider, config = keep
+    held: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        span = trace.get_current_span()
+        held.append(span)
+        if enriched:
+            for i in range(130):
+                span.set_attribute(f"a{i}", i)
+            for i in range(130):
+                span.add_event(f"e{i}", {"i": i}, timestamp=1_700_000_000_000_000_000 + i)
+            span.add_link(trace.SpanContext(0xABC, 0xDEF, is_remote=True), {"l": 1})
+            span.set_status(Status(StatusCode.ERROR, "degraded"))
+        start_response("404 Not Found", [])
+        return [b""]
+
+    serve(provider, config, app, headers={"traceparent": TRACEPARENT})
+    (exported,) = exporter.spans
+    assert exported is held[0]
+    assert type(exported) is _LightSpan
+    assert isinstance(exported, ReadableSpan)
+    copy = _sdk_copy(exported)
+    for name in _READ:
+        assert getattr(exported, name) == getattr(copy, name), name
+    assert exported.get_span_context() == copy.get_span_context()
+    assert exported.to_json() == copy.to_json()
+    assert exported.to_json(indent=None) == copy.to_json(indent=None)
+    assert dict(exported.attributes)["http.response.status_code"] == 404
+    assert bool(exported.dropped_attributes) is enriched
+    assert bool(exported.dropped_events) is enriched
+    assert len(exported.links) == int(enriched)
+
+
+def test_an_ended_span_refuses_every_change(keep: tuple[Keep, Any, Config]) -> None:
+    """The processor holds the live span: once ended, nothing may change it, including
+    observekit's own _set_clean and a status (which the exporter thread may be reading)."""
+    exporter, provider, config = keep
+    held: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        held.append(trace.get_current_span())
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(provider, config, app)
+    (span,) = exporter.spans
+    before = span.to_json()
+    span.set_status(Status(StatusCode.ERROR, "late"))
+    span.set_status(StatusCode.ERROR, "late")
+    span._set_clean("http.response.status_code", 500)
+    span._set_clean("late", "x")
+    span.set_attribute("late", 1)
+    span.set_attributes({"late": 2})
+    span.add_event("late")
+    span.add_link(trace.SpanContext(0x1, 0x2, is_remote=False))
+    span.record_exception(ValueError("late"))
+    span.update_name("late")
+    span.end(end_time=1)
+    assert span.to_json() == before
+    assert span.status.status_code is StatusCode.UNSET
+    assert span.attributes["http.response.status_code"] == 200
+    provider.force_flush()
+    assert exporter.spans == [span]
+
+
+def test_status_rules_are_the_sdks() -> None:
+    """Before the end: UNSET is ignored, ERROR replaces UNSET, OK is final; a status code
+    with a description becomes a Status."""
+    from observekit.tracing import _LightSink
+
+    provider = observekit.tracing.configure(
+        Config(service_name="status", traces_exporter="none"), set_global=False
+    )
+    span: Any = _LightSink(provider, None).start("s", None, {})
+    span.set_status(StatusCode.UNSET)
+    assert span.status.status_code is StatusCode.UNSET
+    span.set_status(StatusCode.ERROR, "first")
+    assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, "first")
+    span.set_status(Status(StatusCode.UNSET))
+    assert span.status.description == "first"
+    span.set_status(Status(StatusCode.OK))
+    span.set_status(Status(StatusCode.ERROR, "after ok"))
+    assert span.status.status_code is StatusCode.OK
+    span.end()
+
+
+def test_light_spans_are_queued_without_on_end(keep: tuple[Keep, Any, Config]) -> None:
+    """A light span goes straight onto the SDK batch processor's queue (its emit inlined):
+    on the installed SDK that path must be on, and on_end is not called."""
+    exporter, provider, config = keep
+    processor = observekit.tracing._processor_of[provider]
+    assert processor._batch is not None, "the SDK's BatchProcessor.emit changed: inlining is off"
+    calls: list[Any] = []
+    processor.on_end = calls.append  # type: ignore[method-assign]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(provider, config, app)
+    assert calls == []
+    assert len(exporter.spans) == 1
+
+
+def test_a_changed_emit_turns_the_inlined_queueing_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the SDK's emit does anything else, light spans go through on_end and emit."""
+    from opentelemetry.sdk._shared_internal import BatchProcessor
+
+    real = BatchProcessor.emit
+    seen: list[Any] = []
+
+    def emit(self: Any, data: Any) -> None:
+        seen.append(data)
+        real(self, data)
+
+    monkeypatch.setattr(BatchProcessor, "emit", emit)
+    exporter = Keep()
+    config = Config(service_name="changed", traces_exporter="otlp")
+    provider = observekit.tracing.configure(
+        config, exporter=exporter, set_global=False, schedule_delay=0.05
+    )
+    try:
+        processor = observekit.tracing._processor_of[provider]
+        assert processor._batch is None
+
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            start_response("200 OK", [])
+            return [b""]
+
+        serve(provider, config, app)
+        assert len(seen) == 1
+        assert exporter.spans == seen
+    finally:
+        provider.shutdown()
+
+
+def test_after_a_fork_the_sdks_emit_restarts_the_export_thread(
+    keep: tuple[Keep, Any, Config],
+) -> None:
+    """The inlined queueing keeps emit's fork check: in a process whose pid is not the
+    one the batch processor started in (a forked child, uWSGI / gunicorn --preload), the
+    span goes through emit, which re-initialises the processor (a new export thread)."""
+    exporter, provider, config = keep
+    batch = observekit.tracing._processor_of[provider]._batch
+    assert batch is not None
+    reinit: list[int] = []
+    real_reinit = batch._at_fork_reinit
+
+    def at_fork_reinit() -> None:
+        reinit.append(1)
+        real_reinit()
+
+    batch._at_fork_reinit = at_fork_reinit
+    batch._pid = -1  # as in a child forked after the processor was built
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b""]
+
+    serve(provider, config, app)
+    assert reinit == [1]
+    assert batch._pid == os.getpid()
+    assert [s.name for s in exporter.spans] == ["GET"]

@@ -225,3 +225,173 @@ def test_the_otlp_exporter_sends_observekits_encoding(sdk: tuple[TracerProvider,
         spans = receiver.wait_for(lambda s: len(s) >= 25, timeout=10)
         assert sorted(s["attributes"]["i"] for s in spans) == list(range(25))
         assert sum(calls) == 25
+
+
+# -- the shortcuts: light spans read by field, contexts by index, whole attribute sets --
+
+
+def light_spans() -> Any:
+    """A function making ended light spans with given attributes (as observekit's server
+    spans are made), on a provider configure() built."""
+    from observekit.tracing import _LightSink
+
+    config = observekit.Config(service_name="light-enc", traces_exporter="none")
+    provider = observekit.tracing.configure(config, set_global=False)
+    sink = _LightSink(provider, None)
+
+    def make(attributes: dict[str, Any], name: str = "GET /items/{id}") -> ReadableSpan:
+        span = sink.start(name, Context(), dict(attributes))
+        span.end()
+        assert type(span) is observekit.tracing._LightSpan
+        return span  # type: ignore[return-value]
+
+    return make
+
+
+def assert_same_warm(encoder: _otlp._Encoder, spans: Sequence[ReadableSpan]) -> None:
+    """As assert_same, through an encoder that keeps its caches from call to call."""
+    ours = decode(encoder.encode(spans))
+    theirs = decode(sdk_encode(spans).SerializeToString())
+    assert ours == theirs, f"\nours:   {ours}\ntheirs: {theirs}"
+
+
+def test_the_fast_paths_are_on_with_the_installed_sdk() -> None:
+    """The encoder reads SpanContext by index and light spans by field: if the installed
+    OpenTelemetry changes either layout the probe turns the shortcut off, and this fails
+    so that someone looks."""
+    assert _otlp._tuple_context, "SpanContext no longer unpacks as the encoder expects"
+    assert observekit.tracing._LightSpan in _otlp._direct
+
+
+def test_light_spans_encode_like_the_sdk_reads_them() -> None:
+    """A light span with a remote parent, trace state, user attributes past the limit,
+    events, links and an error status: read by field, encoded as the SDK encodes it
+    through its properties."""
+    make = light_spans()
+    span = make({"http.request.method": "GET", "server.port": 8000})
+    assert_same([span])
+    carrier = {
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate": "vendor=abc",
+    }
+    from observekit.tracing import _LightSink
+
+    provider = observekit.tracing.configure(
+        observekit.Config(service_name="light-enc2", traces_exporter="none"), set_global=False
+    )
+    sink = _LightSink(provider, None)
+    remote = TraceContextTextMapPropagator().extract(carrier)
+    live: Any = sink.start("POST", remote, {"url.path": "/x"})
+    for i in range(130):
+        live.set_attribute(f"a{i}", i)
+    live.add_event("evt", {"k": "v"})
+    live.add_link(trace.SpanContext(0x12, 0x34, is_remote=True), {"n": 1})
+    live.set_status(Status(StatusCode.ERROR, "bad"))
+    live.end()
+    assert live.dropped_attributes
+    assert_same([live, span])
+    bare: Any = sink.start("GET", Context(), {})
+    bare.set_status(StatusCode.OK)
+    bare.end()
+    assert_same([bare])
+
+
+def test_a_warm_encoder_keeps_value_types_apart() -> None:
+    """1, True, 1.0 and "1", and 0.0 and -0.0, are different values to OTLP: through one
+    encoder, repeated so every cache has seen them, each encodes as the SDK encodes it,
+    light span or SDK span."""
+    make = light_spans()
+    encoder = _otlp._Encoder()
+    keep = Keep()
+    provider = TracerProvider(resource=Resource.create({"service.name": "types"}))
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    values: list[Any] = [1, True, 1.0, "1", 0, False, 0.0, -0.0, "", 2**62, -1]
+    for _ in range(3):
+        for value in values:
+            light = make({"v": value, "m": "GET"})
+            with provider.get_tracer("t").start_as_current_span("s", attributes={"v": value}):
+                pass
+            sdk_span = keep.spans[-1]
+            assert_same_warm(encoder, [light])
+            assert_same_warm(encoder, [sdk_span])
+            if isinstance(value, float):
+                # protobuf compares 0.0 == -0.0: the sign is checked on its own
+                for span in (light, sdk_span):
+                    (encoded,) = (
+                        decode(encoder.encode([span])).resource_spans[0].scope_spans[0].spans
+                    )
+                    (got,) = [kv.value.double_value for kv in encoded.attributes if kv.key == "v"]
+                    assert math.copysign(1.0, got) == math.copysign(1.0, value)
+
+
+def test_the_attribute_set_cache_pauses_on_misses_and_retries() -> None:
+    """Eight different sets in a row pause the whole-set cache for the next 1024 sets
+    (high-cardinality values would only churn it); after them a repeating set is
+    reused again. A hit between misses resets the count."""
+    make = light_spans()
+    encoder = _otlp._Encoder()
+    common = make({"http.request.method": "GET", "url.path": "/"})
+    assert_same_warm(encoder, [common])  # a miss, kept
+    assert_same_warm(encoder, [common])  # a hit
+    assert encoder._set_misses == 0
+    for i in range(_otlp._SET_MISSES - 1):
+        assert_same_warm(encoder, [make({"url.path": f"/a/{i}"})])
+    assert_same_warm(encoder, [common])  # a hit resets the count
+    assert encoder._set_misses == 0
+    assert not encoder._set_paused
+    for i in range(_otlp._SET_MISSES):
+        assert_same_warm(encoder, [make({"url.path": f"/b/{i}"})])
+    assert encoder._set_paused == _otlp._SET_PAUSE
+    kept = dict(encoder._sets)
+    spans = [make({"url.path": f"/c/{i}"}) for i in range(_otlp._SET_PAUSE - 1)] + [common]
+    assert_same_warm(encoder, spans)  # the 1024 sets skip the cache, and encode right
+    assert encoder._sets == kept
+    assert encoder._set_paused == 0
+    assert encoder._set_misses == 0
+    assert_same_warm(encoder, [common])
+    assert encoder._set_misses == 0, "a repeating set is no longer reused after the pause"
+
+
+def test_the_attribute_set_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """However many different sets come (the pause kept off), it holds at most its limit."""
+    monkeypatch.setattr(_otlp, "_SET_MISSES", 10**9)
+    make = light_spans()
+    encoder = _otlp._Encoder()
+    spans = [make({"url.path": f"/{i}", "n": i}) for i in range(_otlp._SET_LIMIT * 2 + 5)]
+    assert_same_warm(encoder, spans)
+    assert 0 < len(encoder._sets) <= _otlp._SET_LIMIT
+
+
+small_scalars = (
+    st.sampled_from(["GET", "POST", "/", "/a", ""])
+    | st.sampled_from([0, 1, -1, 200, 2**63 - 1])
+    | st.booleans()
+    | st.sampled_from([0.0, -0.0, 1.0, 1.5])
+    | st.lists(st.sampled_from(["a", "b"]), max_size=2)
+)
+_warm = _otlp._Encoder()
+_make_light: list[Any] = []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(["a", "b", "c", "http.route"]), small_scalars, max_size=4),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_random_attribute_sets_through_a_warm_encoder(sets: list[dict[str, Any]]) -> None:
+    """Attribute sets drawn from a few keys and values, so that they repeat, through one
+    encoder kept warm across every example: each batch decodes equal to the SDK's."""
+    if not _make_light:
+        _make_light.append(light_spans())
+    make = _make_light[0]
+    spans = [make(attributes) for attributes in sets]
+    assert_same_warm(_warm, spans)
+    for span, attributes in zip(spans, sets, strict=True):
+        (encoded,) = decode(_warm.encode([span])).resource_spans[0].scope_spans[0].spans
+        for kv in encoded.attributes:
+            value = attributes[kv.key]
+            if isinstance(value, float):
+                assert math.copysign(1.0, kv.value.double_value) == math.copysign(1.0, value)
