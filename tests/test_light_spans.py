@@ -311,6 +311,48 @@ _READ = (
 )
 
 
+@pytest.mark.parametrize("traceparent", [None, TRACEPARENT], ids=["root", "child"])
+def test_span_contexts_are_built_as_the_api_builds_them(
+    keep: tuple[Keep, Any, Config], traceparent: str | None
+) -> None:
+    """A light span's SpanContext is made without SpanContext.__new__'s call, on the
+    layout the encoder's probe checked; it is equal, field by field, to the API's own."""
+    from observekit import _otlp
+
+    assert _otlp._tuple_context, "the API's SpanContext layout changed: contexts are built slowly"
+    _exporter, provider, config = keep
+    headers = {} if traceparent is None else {"traceparent": traceparent}
+    spans = observekit.tracing.ServerSpans(config, provider)
+    handle = spans.start(
+        "GET",
+        "/",
+        "http",
+        headers,
+        client=None,
+        server_address=None,
+        server_port=None,
+        user_agent=None,
+        protocol_version=None,
+        query=None,
+        route=None,
+    )
+    assert handle is not None
+    made = handle.span.get_span_context()
+    expected = trace.SpanContext(
+        made.trace_id, made.span_id, False, trace.TraceFlags(1), made.trace_state
+    )
+    assert type(made) is trace.SpanContext
+    assert made == expected
+    for name in ("trace_id", "span_id", "is_remote", "trace_flags", "trace_state", "is_valid"):
+        assert getattr(made, name) == getattr(expected, name), name
+    assert made.is_valid
+    assert made.trace_flags.sampled
+    assert not made.is_remote
+    if traceparent is not None:
+        assert made.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    spans.finish(handle, status=200, route=None, error=None, error_type=None)
+
+
 @pytest.mark.parametrize(
     "enriched", [pytest.param(False, id="plain"), pytest.param(True, id="enriched")]
 )
