@@ -135,6 +135,7 @@ _attach = otel_context.attach
 _get_current_span = trace.get_current_span
 _getrandbits = random.getrandbits  # the module's instance, reseeded in a forked child
 _new_tuple = tuple.__new__
+_INVALID_CONTEXT: Final = trace.INVALID_SPAN_CONTEXT
 _DEFAULT_TRACE_STATE: Final = trace.DEFAULT_TRACE_STATE
 _MAX_TRACE_ID: Final = (1 << 128) - 1
 _MAX_SPAN_ID: Final = (1 << 64) - 1
@@ -1029,7 +1030,10 @@ class _LightSink:
         kind: SpanKind = SpanKind.SERVER,
     ) -> trace.Span:
         """A span of ``kind`` under ``parent`` (``None``: the current context)."""
-        parent_context = _get_current_span(parent).get_span_context()
+        # _ROOT (no incoming traceparent: most requests) holds no span; nothing to look up.
+        parent_context = (
+            _INVALID_CONTEXT if parent is _ROOT else _get_current_span(parent).get_span_context()
+        )
         random_ids = self.random_ids
         if parent_context.is_valid:
             trace_id = parent_context.trace_id
