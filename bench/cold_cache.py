@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.instructions import _environ, _sinks
+from bench.instructions import _environ, sinks
 
 
 def _measure(requests: int, rounds: int, thrash_mb: int) -> tuple[float, float]:
@@ -81,8 +81,7 @@ def main() -> int:
         warm, cold = _measure(args.requests, args.rounds, args.thrash_mb)
         print(f"{warm} {cold}", file=sys.stderr)  # stdout carries the access lines
         return 0
-    sinks, port, endpoint = _sinks()
-    try:
+    with sinks() as (port, endpoint):
         print("| stack | warm µs/request | cold µs/request | cold, added to bare |")
         print("|---|---:|---:|---:|")
         bare: float | None = None
@@ -117,10 +116,6 @@ def main() -> int:
                 bare = cold
             added = "" if bare is None else f"+{cold - bare:.1f}"
             print(f"| {stack} | {warm:.1f} | {cold:.1f} | {added} |", flush=True)
-    finally:
-        assert sinks.stdin is not None
-        sinks.stdin.close()
-        sinks.wait(5)
     return 0
 
 

@@ -21,6 +21,7 @@ Needs valgrind. Each stack takes about a minute.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import io
 import os
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +88,9 @@ def _drive(requests: int) -> None:
         flush()
 
 
-def _sinks() -> tuple[subprocess.Popen[str], int, str]:
+@contextlib.contextmanager
+def sinks() -> Iterator[tuple[int, str]]:
+    """The bench's statsd and OTLP sinks in a process of their own: (statsd port, OTLP URL)."""
     code = (
         f"import sys; sys.path.insert(0, {_ROOT!r})\n"
         "from bench.servers import _Sinks\n"
@@ -96,9 +100,14 @@ def _sinks() -> tuple[subprocess.Popen[str], int, str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    assert proc.stdin is not None
     assert proc.stdout is not None
-    port, endpoint = proc.stdout.readline().split()
-    return proc, int(port), endpoint
+    try:
+        port, endpoint = proc.stdout.readline().split()
+        yield int(port), endpoint
+    finally:
+        proc.stdin.close()  # the sinks' process ends when its stdin does
+        proc.wait(5)
 
 
 def _count(stack: str, requests: int, port: int, endpoint: str) -> dict[int, int]:
@@ -152,8 +161,7 @@ def main() -> int:
     if args.drive is not None:
         _drive(args.drive)
         return 0
-    sinks, port, endpoint = _sinks()
-    try:
+    with sinks() as (port, endpoint):
         print("| stack | request thread | other threads | total | vs bare |")
         print("|---|---:|---:|---:|---:|")
         bare_total: float | None = None
@@ -172,10 +180,6 @@ def main() -> int:
                 f"| {total / 1000:.0f}k | {added} |",
                 flush=True,
             )
-    finally:
-        assert sinks.stdin is not None
-        sinks.stdin.close()
-        sinks.wait(5)
     return 0
 
 

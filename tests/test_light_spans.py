@@ -243,6 +243,23 @@ def test_the_stock_runtime_context_is_set_and_read_directly() -> None:
     assert trace.get_current_span() is trace.INVALID_SPAN
 
 
+def start_get(spans: observekit.tracing.ServerSpans, headers: dict[str, str] | None = None) -> Any:
+    """A server span for ``GET /`` with nothing but ``headers`` known."""
+    return spans.start(
+        "GET",
+        "/",
+        "http",
+        headers or {},
+        client=None,
+        server_address=None,
+        server_port=None,
+        user_agent=None,
+        protocol_version=None,
+        query=None,
+        route=None,
+    )
+
+
 def test_default_id_generator_is_called_directly(keep: tuple[Keep, Any, Config]) -> None:
     """With the SDK's RandomIdGenerator, IDs come straight from getrandbits: each span
     gets its own non-zero span ID and a new trace its own trace ID."""
@@ -251,19 +268,7 @@ def test_default_id_generator_is_called_directly(keep: tuple[Keep, Any, Config])
     assert spans._light is not None
     assert spans._light.random_ids
     for _ in range(50):
-        handle = spans.start(
-            "GET",
-            "/",
-            "http",
-            {},
-            client=None,
-            server_address=None,
-            server_port=None,
-            user_agent=None,
-            protocol_version=None,
-            query=None,
-            route=None,
-        )
+        handle = start_get(spans)
         spans.finish(handle, status=200, route=None, error=None, error_type=None)
     provider.force_flush()
     contexts = [span.context for span in exporter.spans]
@@ -323,19 +328,7 @@ def test_span_contexts_are_built_as_the_api_builds_them(
     _exporter, provider, config = keep
     headers = {} if traceparent is None else {"traceparent": traceparent}
     spans = observekit.tracing.ServerSpans(config, provider)
-    handle = spans.start(
-        "GET",
-        "/",
-        "http",
-        headers,
-        client=None,
-        server_address=None,
-        server_port=None,
-        user_agent=None,
-        protocol_version=None,
-        query=None,
-        route=None,
-    )
+    handle = start_get(spans, headers)
     assert handle is not None
     made = handle.span.get_span_context()
     expected = trace.SpanContext(
