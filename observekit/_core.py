@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ._access import AccessValues
 from ._access import fields as access_fields
@@ -41,7 +41,22 @@ _ERROR = logging.ERROR
 
 # Set by observekit.logging: writes an access line straight to the one JSON handler it
 # would reach and returns True, or returns False when logging.handle() must do it.
-_direct_writer: list[Callable[[logging.Logger, int, str, AccessValues], bool] | None] = [None]
+# ctx is the request's context; the ids are the server span's (trace_id, span_id), None
+# without a sampled one, or False when there is no server span (read the current span).
+_direct_writer: list[
+    Callable[
+        [
+            logging.Logger,
+            int,
+            str,
+            AccessValues,
+            RequestContext | None,
+            tuple[str, str] | Literal[False] | None,
+        ],
+        bool,
+    ]
+    | None
+] = [None]
 
 
 class _RecordMaker:
@@ -214,6 +229,8 @@ class Spans(Protocol):
 
     def trace_id(self, handle: Any) -> str | None: ...
 
+    def ids(self, handle: Any) -> tuple[str, str] | None: ...
+
 
 # Request methods kept as labels; anything else is "_OTHER", as OpenTelemetry's
 # semantic conventions say, so a scanner's made-up methods add no label values.
@@ -292,6 +309,12 @@ class Observer:
         )
         """Only request IDs are wanted: adapters may skip the Exchange entirely."""
         self._resolve_route = config.route_resolver
+        self.detached_finish = self._resolve_route is None and (
+            self.metrics is None or not getattr(self.metrics, "reads_context", True)
+        )
+        """:meth:`Exchange.finish` runs no user code and reads no context (a route resolver
+        does; OpenTelemetry metrics read the span for exemplars): adapters with no
+        application code left to run may call it without entering the request context."""
         self.route_label = RouteLabels(config.max_routes)
         self._excluded = frozenset(config.access_log_exclude_paths)
         self._sample_all = config.access_log_sample_ratio >= 1.0
@@ -731,7 +754,10 @@ class Exchange:
     def finish(self) -> None:
         """The response is fully sent (or abandoned): record it on every signal. Idempotent.
 
-        Call it with the request's context entered, so the lines carry its IDs.
+        Call it with the request's context entered, or, when
+        :attr:`Observer.detached_finish` says so, without: the lines it writes carry
+        the request's IDs either way, and a WSGI body that was a list then finishes
+        without the two context switches.
         """
         if self.finished:
             return
@@ -743,7 +769,7 @@ class Exchange:
             try:
                 self.release()
             except Exception:
-                observer.internal_error("releasing a load-shedding slot failed")
+                self._internal_error("releasing a load-shedding slot failed")
         duration = _perf_counter() - self.start
         status = self.status
         if status is None:
@@ -760,12 +786,12 @@ class Exchange:
                     None if self.cancelled else self.error_type,
                 )
             except Exception:
-                observer.internal_error("recording request metrics failed")
+                self._internal_error("recording request metrics failed")
         if observer.access_log:
             try:
                 self._access_line(observer, status, route, duration)
             except Exception:
-                observer.internal_error("writing the access line failed")
+                self._internal_error("writing the access line failed")
         if self.span is not None:
             try:
                 observer.spans.finish(  # type: ignore[union-attr]
@@ -776,7 +802,7 @@ class Exchange:
                     error_type=self.error_type,
                 )
             except Exception:
-                observer.internal_error("ending the server span failed")
+                self._internal_error("ending the server span failed")
 
     def _access_line(
         self, observer: Observer, status: int, route: str | None, duration: float
@@ -818,5 +844,26 @@ class Exchange:
         )
         message = f"{info.method} {info.path} {status}"
         direct = _direct_writer[0]
-        if direct is None or not direct(logger, level, message, values):
+        if direct is not None:
+            span = self.span
+            ids: tuple[str, str] | Literal[False] | None = False
+            if span is not None:
+                ids = observer.spans.ids(span)  # type: ignore[union-attr]
+            if direct(logger, level, message, values, self.context, ids):
+                return
+        # Handlers and filters read the context: enter it, unless the caller has.
+        token = None if _current.get() is self.context else self.enter()
+        try:
             logger.handle(observer.make_record(level, message, access_fields(values)))
+        finally:
+            if token is not None:
+                self.exit(token)
+
+    def _internal_error(self, what: str) -> None:
+        """:meth:`Observer.internal_error` with the request's context current (in ``except``)."""
+        token = None if _current.get() is self.context else self.enter()
+        try:
+            self.observer.internal_error(what)
+        finally:
+            if token is not None:
+                self.exit(token)

@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from json.encoder import encode_basestring, encode_basestring_ascii
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from pythonjsonlogger.json import JsonEncoder
 from pythonjsonlogger.json import JsonFormatter as _BaseJsonFormatter
@@ -267,12 +267,21 @@ class JsonFormatter(_BaseJsonFormatter):
         return self.prefix + line if self.prefix else line
 
     def format_fields(
-        self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        message: str,
+        fields: dict[str, Any],
+        ctx: RequestContext | Literal[False] | None = False,
+        ids: tuple[str, str] | Literal[False] | None = False,
     ) -> str:
         """The line :meth:`format` writes for a record of these values and ``extra=fields``.
 
         For observekit's own lines, which need no ``LogRecord`` when nothing but
         this formatter would see one. ``fields`` must not use the core keys.
+        ``ctx`` (the request context) and ``ids`` (``(trace_id, span_id)``) are
+        read from the current context when left ``False``.
         """
         out: dict[str, Any] = {
             "timestamp": _rfc3339(created),
@@ -280,40 +289,48 @@ class JsonFormatter(_BaseJsonFormatter):
             "logger": logger,
             "message": message,
         }
-        ctx = current()
+        if ctx is False:
+            ctx = current()
         if ctx is not None:
             out["request_id"] = ctx.request_id
-        source = _trace_source[0]
-        if source is not None:
-            ids = _safe_call(source)
-            if ids is not None:
-                out["trace_id"], out["span_id"] = ids
+        if ids is False:
+            source = _trace_source[0]
+            ids = None if source is None else _safe_call(source)
+        if ids is not None:
+            out["trace_id"], out["span_id"] = ids
         out.update(fields)
         if ctx is not None and ctx.fields:
             self._add_bound(out, ctx)
         return self._line(out)
 
     def format_access(
-        self, created: float, levelno: int, logger: str, message: str, values: AccessValues
+        self,
+        created: float,
+        levelno: int,
+        logger: str,
+        message: str,
+        values: AccessValues,
+        ctx: RequestContext | None,
+        ids: tuple[str, str] | Literal[False] | None,
     ) -> str:
         """The line :meth:`format` writes for observekit's access record of ``values``.
 
+        ``ctx`` is the request's context; ``ids`` its span's ``(trace_id, span_id)``,
+        None without a sampled span, or ``False`` to read the current span's.
         Written without the JSON encoder's pass over a dict (see ``observekit._access``);
         anything unusual (another encoder, a value of an unexpected type, ``bind()``
         fields) goes through :meth:`format_fields`, which writes the same line.
         """
+        if ids is False:
+            source = _trace_source[0]
+            ids = None if source is None else _safe_call(source)
         escape = self._escape
         if escape is None:
-            return self._access_fallback(created, levelno, logger, message, values)
-        ctx = current()
+            return self._access_fallback(created, levelno, logger, message, values, ctx, ids)
         try:
             head = self._heads.get((levelno, logger))
             if head is None:
                 head = self._head(levelno, logger, escape)
-            ids = None
-            source = _trace_source[0]
-            if source is not None:
-                ids = _safe_call(source)
             line = (
                 f'{{"timestamp": "{_rfc3339(created)}", {head}, "message": {escape(message)}'
                 f"{'' if ctx is None else _REQUEST_ID + escape(ctx.request_id)}"
@@ -323,7 +340,7 @@ class JsonFormatter(_BaseJsonFormatter):
                 f"{self._suffix}"
             )
         except Exception:
-            return self._access_fallback(created, levelno, logger, message, values)
+            return self._access_fallback(created, levelno, logger, message, values, ctx, ids)
         return self.prefix + line if self.prefix else line
 
     def _bound_json(self, bound: dict[str, Any], values: AccessValues) -> str:
@@ -348,10 +365,17 @@ class JsonFormatter(_BaseJsonFormatter):
         return head
 
     def _access_fallback(
-        self, created: float, levelno: int, logger: str, message: str, values: AccessValues
+        self,
+        created: float,
+        levelno: int,
+        logger: str,
+        message: str,
+        values: AccessValues,
+        ctx: RequestContext | None,
+        ids: tuple[str, str] | None,
     ) -> str:
         return self.format_fields(
-            created, logging.getLevelName(levelno), logger, message, access_fields(values)
+            created, logging.getLevelName(levelno), logger, message, access_fields(values), ctx, ids
         )
 
     def _safe_value(self, value: Any) -> Any:
@@ -424,7 +448,14 @@ class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
-def _write_direct(logger: logging.Logger, levelno: int, message: str, values: AccessValues) -> bool:
+def _write_direct(
+    logger: logging.Logger,
+    levelno: int,
+    message: str,
+    values: AccessValues,
+    ctx: RequestContext | None,
+    ids: tuple[str, str] | Literal[False] | None,
+) -> bool:
     """Write an access line straight to the one handler it would reach; False if not.
 
     True only when ``logger.handle()`` would pass the record to exactly one
@@ -458,7 +489,7 @@ def _write_direct(logger: logging.Logger, levelno: int, message: str, values: Ac
     if lock is None:
         return False
     formatter: JsonFormatter = found.formatter  # type: ignore[assignment]
-    line = formatter.format_access(time.time(), levelno, logger.name, message, values)
+    line = formatter.format_access(time.time(), levelno, logger.name, message, values, ctx, ids)
     with lock:  # what Handler.acquire() and release() do, without their two calls
         try:
             stream = found.stream

@@ -841,7 +841,7 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
         if self._stopped or len(queue) >= self._max_queue_size:
             self._dropped()
             return
-        if batch._shutdown or batch._pid != _getpid():
+        if batch._shutdown or batch._pid != _pid[0]:
             batch.emit(span)
             return
         queue.appendleft(span)
@@ -948,7 +948,9 @@ _EMIT_NAMES: Final = frozenset(
 )
 """The names the SDK's ``BatchProcessor.emit`` uses (as of SDK 1.45): a change
 means it does something :meth:`BoundedBatchSpanProcessor._enqueue` does not copy."""
-_getpid = os.getpid
+# This process's ID, kept by a fork hook: os.getpid() is a system call, once per span.
+_pid = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 def _inline_emit(batch: object, queue: object) -> bool:
@@ -1493,6 +1495,17 @@ class ServerSpans:
             return None
         return handle.trace_id or None
 
+    def ids(self, handle: _Handle | None) -> tuple[str, str] | None:
+        """The span's ``(trace_id, span_id)`` as hex, as :func:`current_ids` gives them
+        while it is current; None when it is not sampled."""
+        if handle is None:
+            return None
+        try:
+            return _ids_of(handle.span.get_span_context())
+        except Exception:
+            self._internal_error("ids")
+            return None
+
     def _internal_error(self, where: str) -> None:
         held = self._errors.ready()
         if held is not None:
@@ -1537,7 +1550,10 @@ def current_ids() -> tuple[str, str] | None:
     Reads OpenTelemetry's context, so any span counts: observekit's server spans,
     task spans, or the application's own. Cheap: the log formatter calls it per line.
     """
-    context = _get_current_span().get_span_context()
+    return _ids_of(_get_current_span().get_span_context())
+
+
+def _ids_of(context: trace.SpanContext) -> tuple[str, str] | None:
     last = _last_ids
     if last is not None and last[0] is context:
         return last[1]

@@ -304,9 +304,12 @@ class _Response:
             return
         self._closed = True
         exchange = self._exchange
+        close = getattr(self.body, "close", None)
+        if close is None and exchange.observer.detached_finish:
+            exchange.finish()  # no application code left to run: no context to enter
+            return
         token = exchange.enter()
         try:
-            close = getattr(self.body, "close", None)
             if close is not None:
                 close()
         except Exception as exc:

@@ -23,7 +23,7 @@ from observekit import Config
 from observekit import _core as core
 from observekit._access import AccessValues
 from observekit._access import fields as access_fields
-from observekit._context import RequestContext, enter, leave
+from observekit._context import RequestContext, current, enter, leave
 from observekit.logging import JsonFormatter, LineHandler, use_trace_ids
 from observekit.wsgi import ObservabilityMiddleware
 
@@ -215,7 +215,11 @@ def test_format_access_equals_format_fields_for_random_values(config: Config) ->
                 expected = formatter.format_fields(
                     1.7e9, logging.getLevelName(level), ACCESS, message, access_fields(values)
                 )
-                assert formatter.format_access(1.7e9, level, ACCESS, message, values) == expected
+                ctx = current()
+                assert (
+                    formatter.format_access(1.7e9, level, ACCESS, message, values, ctx, False)
+                    == expected
+                )
             finally:
                 if token is not None:
                     leave(token)

@@ -177,3 +177,29 @@ def test_resolver_sees_request_info(traced: tuple[Config, Any], receiver: OTLPRe
     config = dataclasses.replace(config, route_resolver=lambda info: seen.append(info) or None)
     call(WsgiMiddleware(wsgi_app, config=config, tracer_provider=provider), "/x")
     assert [i.path for i in seen] == ["/x"]
+
+
+@pytest.mark.parametrize("flags", ["01", "00"])
+def test_a_list_body_finished_without_entering_still_logs_the_span_ids(
+    receiver: OTLPReceiver, logs: LogCapture, flags: str
+) -> None:
+    """Without a route resolver a list body finishes outside the request context; its
+    access line still carries the server span's IDs (none when the span is not sampled)."""
+    config = Config(service_name="orders", traces_exporter="otlp", otlp_endpoint=receiver.endpoint)
+    provider = observekit.tracing.configure(config, set_global=False, schedule_delay=0.05)
+    try:
+        mw = WsgiMiddleware(wsgi_app, config=config, tracer_provider=provider)
+        assert mw.observer.detached_finish
+        call(mw, "/orders/42", headers={"traceparent": f"00-{PARENT_TRACE}-{PARENT_SPAN}-{flags}"})
+        provider.force_flush()
+        app_line, access = logs.by_logger("app")[0], logs.access()[0]
+        if flags == "00":
+            assert "trace_id" not in app_line
+            assert "trace_id" not in access
+            return
+        (span,) = receiver.wait_for(lambda spans: len(spans) >= 1, timeout=10)
+        for line in (app_line, access):
+            assert (line["trace_id"], line["span_id"]) == (PARENT_TRACE, span["span_id"])
+    finally:
+        provider.shutdown()
+        observekit.logging.use_trace_ids(None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import logging
 import sys
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
@@ -22,8 +23,10 @@ from werkzeug.middleware.lint import LintMiddleware
 from werkzeug.test import Client
 
 import observekit
+from observekit import _core as core
 from observekit import get_request_id, is_valid_request_id
-from observekit._core import ERROR_BODY
+from observekit._core import ERROR_BODY, Exchange
+from observekit.logging import LineHandler
 from observekit.wsgi import ObservabilityMiddleware
 
 from .hostile import HOSTILE, Hostile
@@ -421,6 +424,56 @@ def test_request_context_replaces_and_restores_an_outer_context(config, logs):
         assert get_request_id() == "stale-outer-id"
     assert body.ids_seen[0] == RID
     assert body.ids_at_close == [RID]
+
+
+def test_a_list_body_finishes_without_entering_the_context_again(config, logs, monkeypatch):
+    """A list body runs no application code in close(): finish() runs without entering the
+    context, and what it logs still carries the request's ID (here: an internal error)."""
+    entered: list[str | None] = []
+    enter = Exchange.enter
+
+    def counting_enter(self: Exchange) -> Any:
+        entered.append(get_request_id())
+        return enter(self)
+
+    def broken_writer(*args: Any) -> bool:
+        raise RuntimeError("the access line writer broke")
+
+    # pytest's capture handlers on the root would send the line the logging way.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [h for h in root.handlers if type(h) is LineHandler])
+    monkeypatch.setattr(Exchange, "enter", counting_enter)
+    middleware = ObservabilityMiddleware(returning([b"hello"]), config=config)
+    Server().run(middleware)
+    assert entered == [None]  # around the app only
+    [access] = logs.access()
+    assert access["request_id"] == RID
+
+    writer = core._direct_writer[0]
+    core._direct_writer[0] = broken_writer
+    try:
+        Server().run(middleware)
+    finally:
+        core._direct_writer[0] = writer
+    [warning] = [line for line in logs.lines() if "internal error" in line["message"]]
+    assert warning["request_id"] == RID
+    assert middleware.observer.internal_errors == 1
+
+
+def test_a_route_resolver_runs_inside_the_request_context(config, logs):
+    """A route_resolver is user code: finish() runs it with the request's context entered."""
+    seen: list[str | None] = []
+
+    def resolver(info: Any) -> str:
+        seen.append(get_request_id())
+        return "/things/{id}"
+
+    config = observekit.Config(service_name="test-svc", route_resolver=resolver)
+    middleware = ObservabilityMiddleware(returning([b"hello"]), config=config)
+    assert not middleware.observer.detached_finish
+    Server().run(middleware)
+    assert seen == [RID]
+    assert logs.access()[0]["http.route"] == "/things/{id}"
 
 
 # -- wsgiref.validate on both sides ---------------------------------------------

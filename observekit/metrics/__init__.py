@@ -112,6 +112,10 @@ class Metrics(Protocol):
     send) and never raises. ``route`` is the final label the core chose (a
     route template, ``unmatched`` or ``overflow``); ``method`` is a known
     method or ``_OTHER``; ``status`` is ``0`` when no response was started.
+
+    A backend may say ``reads_context = False`` when ``request_finished`` reads
+    nothing from the current context; the core then may call it without the
+    request's context entered. Without the attribute the core assumes it does.
     """
 
     def request_started(self, method: str) -> None:

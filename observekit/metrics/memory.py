@@ -80,6 +80,8 @@ class _Samples:
 class MemoryMetrics:
     """Records every call in memory; durations in seconds."""
 
+    reads_context = False  # see observekit.metrics.Metrics
+
     def __init__(
         self,
         *,
