@@ -22,7 +22,6 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import observekit
 from observekit import metrics as okm
-from observekit.metrics import statsd as statsd_backend
 from observekit.metrics.memory import MemoryMetrics, percentile
 from observekit.metrics.otel import OtelMetrics
 from observekit.metrics.statsd import StatsdMetrics, name_part, tag_value
@@ -178,44 +177,51 @@ def test_under_load_requests_are_packed_into_fewer_datagrams(
         assert types == ["ms", "c"] * (len(types) // 2)
 
 
-def test_under_load_the_request_thread_sends_nothing(
+def test_under_load_the_request_thread_sends_each_packet_as_it_fills(
     receiver: StatsdReceiver,
     make_statsd: Callable[..., StatsdMetrics],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Past the first datagram, a burst's full packets wait for the background thread's next
-    burst: the calling thread makes no send (under gunicorn each send wakes the daemon and
-    costs the request). Unless the background thread falls behind: then past the
-    held-packet cap the caller sends them itself, so memory stays bounded."""
+    """Under load the calling thread sends each packet once it is full, and what is held
+    once flush_interval has passed; the background thread sends only the tail left when
+    traffic stops. (Under gunicorn a send every few requests costs less than waking that
+    thread, which then contends for the GIL on each of the worker's system calls.)"""
     m = make_statsd(port=receiver.port, report_interval=60, flush_interval=0.05)
     caller = threading.get_ident()
-    senders: list[int] = []
+    senders: list[tuple[int, int]] = []
     real_send_now = m._send_now
 
     def recording(data: bytes) -> None:
-        senders.append(threading.get_ident())
+        senders.append((threading.get_ident(), len(data)))
         real_send_now(data)
 
     monkeypatch.setattr(m, "_send_now", recording)
-    for i in range(80):  # ~20 full packets: under the held-packet cap
+    m._last_send = time.monotonic()  # as if a request had just been sent
+    for i in range(80):  # ~20 full packets, within the interval
         one_request(m, route=f"/r{i % 5}", duration=i / 1000)
-    receiver.wait_for(lambda r: len(r.metrics("http.server.requests")) >= 80, timeout=2.0)
-    assert senders.count(caller) == 1  # the first request, after a quiet spell
-    assert len(senders) > 10  # the other 79 requests' packets: the background thread's
+    assert len(senders) > 10
+    assert {thread for thread, _ in senders} == {caller}
+    assert all(size <= m.max_packet for _, size in senders)
+    assert all(size > m.max_packet - 400 for _, size in senders)  # full packets only
+    assert m._pending  # the tail: not full yet
 
-    # A background thread that falls behind (here: asleep for 10 s) leaves the caller to send.
-    stalled = make_statsd(port=receiver.port, report_interval=3600, flush_interval=10.0)
-    stalled._last_send = time.monotonic()
-    stalled_sends: list[int] = []
-    real_stalled = stalled._send_now
-    monkeypatch.setattr(
-        stalled, "_send_now", lambda data: (stalled_sends.append(len(data)), real_stalled(data))
+    # Traffic stops: the background thread sends the tail.
+    receiver.wait_for(lambda r: len(r.metrics("http.server.requests")) >= 80, timeout=3.0)
+    assert senders[-1][0] != caller
+
+    # Held lines go out with the first request after flush_interval, from its own thread.
+    m._last_send = time.monotonic()
+    one_request(m, route="/held")
+    time.sleep(0.06)
+    sent = len(senders)
+    one_request(m, route="/next")
+    assert senders[sent:] == [(caller, senders[sent][1])]
+    receiver.wait_for(
+        lambda r: any(x.tag_dict.get("http.route") == "/next" for x in r.metrics()),
+        what="the request after the interval",
     )
-    for _ in range(2000):
-        one_request(stalled)
-    assert len(stalled._full) <= statsd_backend._MAX_HELD
-    assert stalled_sends
-    assert all(n <= stalled.max_packet for n in stalled_sends)
+    routes = [x.tag_dict["http.route"] for x in receiver.datagrams[-1].metrics]
+    assert routes[-4:] == ["/held", "/held", "/next", "/next"]
 
 
 def test_a_request_after_a_quiet_spell_is_sent_at_once(

@@ -14,11 +14,13 @@ several datagrams, and a single line that cannot fit is dropped and counted.
 Under load, datagrams are packed: one that comes less than
 ``statsd_flush_interval`` seconds (Config default 0.05; the constructor's
 ``flush_interval`` default 0) after the previous send joins a
-packet of up to ``statsd_max_packet`` bytes, which a background thread sends
-within that interval; full packets wait for it too (up to 32 of them),
-so under load the request thread makes no send at all. A request after a quiet
-spell is sent immediately. ``statsd_flush_interval=0`` sends every request's datagram
-at once. Held lines are sent by ``flush()``, ``close()`` and at exit.
+packet of up to ``statsd_max_packet`` bytes. The request thread sends a packet
+when it is full, or with its own lines once the interval has passed; when
+traffic stops, a background thread that looks every 0.5 s sends what is left.
+Under gunicorn a send every few requests costs less than waking that thread,
+which then contends for the GIL on each of the worker's system calls. A request
+after a quiet spell is sent immediately. ``statsd_flush_interval=0`` sends every
+request's datagram at once. Held lines are sent by ``flush()``, ``close()`` and at exit.
 
 Tag values keep only ``A-Za-z0-9_-./{}<>~*``; anything else (``|``, ``#``, ``,``,
 ``:``, ``@``, spaces, newlines, non-ASCII) becomes ``_`` and values are cut at
@@ -88,7 +90,6 @@ because calling it three times per request costs more than the send.
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
 import logging
 import math
@@ -149,9 +150,6 @@ _MAX_VALUE = 150  # characters kept of a tag value or name part
 _RETRY_UNRESOLVED = 5.0  # seconds between attempts while no address was ever found
 _HEARTBEAT = 10.0  # DogStatsD: absolute in-flight counts re-sent this often while non-zero
 _WARN_EVERY = 60.0
-# Full packets held for the background thread's next burst before the request thread
-# sends them itself: ~46 KB at the default statsd_max_packet.
-_MAX_HELD = 32
 _NOT_TAG = re.compile(r"[^A-Za-z0-9_\-./{}<>~*]")
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_\-.]")
 _NOT_PART = re.compile(r"[^A-Za-z0-9_\-]")
@@ -285,6 +283,11 @@ class _InFlight:
         self._reported = {}
 
 
+_monotonic = time.monotonic
+# How often the background thread looks for lines held back when traffic stopped.
+_TAIL_CHECK = 0.5
+
+
 _instances: weakref.WeakSet[StatsdMetrics] = weakref.WeakSet()
 
 
@@ -296,6 +299,8 @@ class StatsdMetrics:
     is found in a background thread. ``resolver`` replaces the DNS look-up
     (tests use it to move a name to another address).
     """
+
+    reads_context = False  # see observekit.metrics.Metrics
 
     def __init__(
         self,
@@ -333,13 +338,12 @@ class StatsdMetrics:
         self._ttl = float(dns_ttl)
         self._interval = float(report_interval)
         # Datagrams that come less than flush_interval after the last send are packed
-        # together (up to max_packet) and sent by the background thread: under load one
-        # datagram carries several requests' lines, and the kernel's per-datagram work is
-        # paid once for them. A request after a quiet spell is still sent at once.
+        # together (up to max_packet): under load one datagram carries several requests'
+        # lines, and the kernel's per-datagram work is paid once for them. A request
+        # after a quiet spell is still sent at once.
         self._flush_interval = float(flush_interval)
         self._pending = bytearray()
         self._pending_lock = threading.Lock()
-        self._full: collections.deque[bytes] = collections.deque()
         self._last_send = -math.inf
         self._resolver: Resolver = resolver or _getaddrinfo
         self._max_keys = max_keys
@@ -689,12 +693,23 @@ class StatsdMetrics:
     # -- sending ------------------------------------------------------------------------
 
     def _send(self, data: bytes) -> None:
-        """Send now after a quiet spell, else add to the packet the background thread sends."""
+        """Send now after a quiet spell, else add to the packet being packed.
+
+        Under load the request thread itself sends each packet as it fills, and what is
+        held once ``flush_interval`` has passed: a system call every few requests costs
+        less than waking the background thread, which contends for the GIL with the
+        request thread on each of its own system calls. The background thread sends
+        what is left when traffic stops.
+        """
         interval = self._flush_interval
         if interval:
-            now = time.monotonic()
-            if now - self._last_send < interval or self._pending:
+            now = _monotonic()
+            if now - self._last_send < interval:
                 self._hold(data)
+                return
+            if self._pending:
+                self._hold(data)
+                self._flush_pending()
                 return
             self._last_send = now
         self._send_now(data)
@@ -710,33 +725,17 @@ class StatsdMetrics:
                 pending += b"\n"
             pending += data
         if full is not None:
-            held = self._full
-            held.append(full)
-            # Normally the background thread sends these in one burst; if it is not
-            # keeping up (or could not start), the request thread does, so memory stays bounded.
-            if len(held) > _MAX_HELD:
-                self._send_held()
+            self._send_now(full)
         if self._ticker is None:
             self._start_ticker()
 
-    def _send_held(self) -> None:
-        held = self._full
-        while held:
-            try:
-                data = held.popleft()
-            except IndexError:  # another thread took the last one
-                return
-            self._send_now(data)
-
     def _flush_pending(self) -> None:
-        if self._full:
-            self._send_held()
         with self._pending_lock:
             if not self._pending:
                 return
             data = bytes(self._pending)
             self._pending.clear()
-        self._last_send = time.monotonic()
+        self._last_send = _monotonic()
         self._send_now(data)
 
     def _send_now(self, data: bytes) -> None:
@@ -843,11 +842,13 @@ class StatsdMetrics:
                         last_beat = now
                     self._report(heartbeat)
                     next_report = now + self._interval
-                if self._pending or self._full:
+                # Under load the request thread sends what it holds; this thread sends
+                # it once traffic stops, waking only every _TAIL_CHECK seconds.
+                if self._pending and now - self._last_send >= self._flush_interval:
                     self._flush_pending()
                 wait = max(0.01, min(next_report, self._next_resolve) - time.monotonic())
                 if self._flush_interval:
-                    wait = min(wait, self._flush_interval)
+                    wait = min(wait, max(self._flush_interval, _TAIL_CHECK))
             except Exception:
                 self._internal_error()
             if stop.wait(wait):
@@ -911,7 +912,6 @@ class StatsdMetrics:
         # Lines held for packing are the parent's to send, not this child's.
         self._pending_lock = threading.Lock()
         self._pending = bytearray()
-        self._full = collections.deque()
         self._last_send = -math.inf
         self._warnings = Every(_WARN_EVERY)
         self._stop = threading.Event()
