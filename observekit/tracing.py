@@ -544,10 +544,60 @@ def _build_exporter(config: Config) -> _GuardedExporter:
     exporter_class = _fast_http_exporter(HttpExporter)
 
     def http_exporter() -> SpanExporter:
-        exporter: SpanExporter = exporter_class(endpoint=url, timeout=timeout)
+        session = _lean_session(url)
+        exporter: SpanExporter = exporter_class(endpoint=url, timeout=timeout, session=session)
+        if session is not None:
+            _ca_bundle_once(session)
         return exporter
 
     return _GuardedExporter(http_exporter, url, rebuild_after_fork=True)
+
+
+_CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+def _lean_session(url: str) -> Any:
+    """A ``requests`` session for the exporter that reads the environment once, or None.
+
+    A default session re-reads the proxy variables (a pass over all of
+    ``os.environ``) and looks for a ``.netrc`` file on every post: about a tenth
+    of the export thread's work per span. This one has the proxies for ``url``
+    resolved now (``HTTP(S)_PROXY``, ``NO_PROXY``) and ``trust_env`` off; the
+    CA bundle is set by :func:`_ca_bundle_once`. None, so that the SDK makes its
+    usual session, when the environment asks for what only a per-request read
+    gives: a ``.netrc`` file, or a session from a credential provider
+    (``OTEL_PYTHON_EXPORTER_OTLP_*CREDENTIAL_PROVIDER``).
+    """
+    import requests
+    from requests.utils import get_environ_proxies, get_netrc_auth
+
+    environ = os.environ
+    if environ.get("NETRC") or any(
+        name.startswith("OTEL_PYTHON_EXPORTER_OTLP_") and name.endswith("CREDENTIAL_PROVIDER")
+        for name in environ
+    ):
+        return None
+    try:
+        if get_netrc_auth(url) is not None:
+            return None
+        session = requests.Session()
+        session.trust_env = False
+        session.proxies.update(get_environ_proxies(url))
+    except Exception:
+        _log.warning("could not prepare the OTLP exporter's session; using the default")
+        return None
+    return session
+
+
+def _ca_bundle_once(session: Any) -> None:
+    """The CA bundle a ``trust_env`` session takes from the environment on every post.
+
+    Set after the SDK's transport has set ``session.verify`` (``True``, or the file
+    of ``OTEL_EXPORTER_OTLP_CERTIFICATE``, which wins, as it does in ``requests``).
+    """
+    if session.verify is True:
+        environ = os.environ
+        session.verify = next((environ[n] for n in _CA_BUNDLE_ENV if environ.get(n)), True)
 
 
 def otlp_http_exporter(endpoint: str, **kwargs: Any) -> SpanExporter:

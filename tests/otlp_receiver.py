@@ -140,7 +140,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
-        if self.path != self.server.path:
+        target = self.path
+        if target.startswith("http://"):  # absolute form: sent to this receiver as a proxy
+            self.server.proxied.append(target)
+            target = "/" + target.split("/", 3)[3]
+        if target != self.server.path:
             self._answer(404, b"", "text/plain")
             return
         encoding = (self.headers.get("Content-Encoding") or "").lower()
@@ -187,6 +191,8 @@ class _Server(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.collected = collected
         self.path = path
+        self.proxied: list[str] = []
+        """URLs of requests that came in as to a proxy (``POST http://host/path``)."""
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
 
@@ -211,6 +217,8 @@ class OTLPReceiver(_Collected):
     """An OTLP/HTTP trace receiver in a thread, on a free port of 127.0.0.1.
 
     It answers POSTs to ``path`` only (other paths get 404, as a collector does).
+    It also takes them as an HTTP proxy would (``POST http://collector/v1/traces``),
+    and lists those URLs in :attr:`proxied`.
     """
 
     def __init__(self, path: str = "/v1/traces") -> None:
@@ -226,6 +234,11 @@ class OTLPReceiver(_Collected):
             name="otlp-receiver",
             daemon=True,
         )
+
+    @property
+    def proxied(self) -> list[str]:
+        """URLs of the posts that came in as to an HTTP proxy."""
+        return self._server.proxied
 
     def __enter__(self) -> OTLPReceiver:
         self._thread.start()

@@ -259,6 +259,79 @@ def test_otlp_http_from_env_reaches_the_receiver(otel: Tracing) -> None:
     assert tracing.export_stats(provider).exported == 1
 
 
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def _one_span(provider: TracerProvider) -> None:
+    provider.get_tracer("t").start_span("one").end()
+    assert provider.force_flush(5000)
+
+
+def test_the_exporter_takes_the_proxy_from_the_environment_once(
+    otel: Tracing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY is honoured, read when the exporter is built rather than on every post
+    (requests' per-post read walks all of os.environ); NO_PROXY exempts the collector."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    collector = "http://collector.invalid:4318"
+    with OTLPReceiver() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.endpoint)
+        config = observekit.Config(
+            service_name="proxied", traces_exporter="otlp", otlp_endpoint=collector
+        )
+        provider = otel.provider(config, schedule_delay=0.05)
+        _one_span(provider)
+        proxy.wait_for(lambda got: len(got) == 1)
+        assert proxy.proxied == [collector + "/v1/traces"]
+
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+        _one_span(provider)
+        proxy.wait_for(lambda got: len(got) == 2)  # still through the proxy read at start
+
+        monkeypatch.setenv("NO_PROXY", "collector.invalid")
+        exempt = otel.provider(config, schedule_delay=0.05)
+        _one_span(exempt)
+        assert tracing.export_stats(exempt).exported == 0  # straight to collector.invalid
+        assert len(proxy.proxied) == 2
+
+
+@pytest.mark.parametrize("name", ["NETRC", "OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER"])
+def test_the_exporter_keeps_requests_own_session_when_the_environment_needs_it(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A .netrc file or a credential provider in the environment: the SDK's own session."""
+    url = "http://127.0.0.1:4318/v1/traces"
+    monkeypatch.delenv("NETRC", raising=False)
+    session = tracing._lean_session(url)
+    assert session is not None
+    assert session.trust_env is False
+    monkeypatch.setenv(name, "/nowhere/file")
+    assert tracing._lean_session(url) is None
+
+
+def test_the_exporter_takes_the_ca_bundle_from_the_environment_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """REQUESTS_CA_BUNDLE (else CURL_CA_BUNDLE) verifies the collector, as requests does;
+    a certificate of OTEL_EXPORTER_OTLP_CERTIFICATE wins over both."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/requests.pem")
+    monkeypatch.setenv("CURL_CA_BUNDLE", "/etc/curl.pem")
+    session = tracing._lean_session("https://collector.example/v1/traces")
+    assert session is not None
+    session.verify = True  # what the SDK's transport sets without a certificate
+    tracing._ca_bundle_once(session)
+    assert session.verify == "/etc/requests.pem"
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    session.verify = True
+    tracing._ca_bundle_once(session)
+    assert session.verify == "/etc/curl.pem"
+    session.verify = "/etc/otel-collector.pem"
+    tracing._ca_bundle_once(session)
+    assert session.verify == "/etc/otel-collector.pem"
+
+
 def test_signal_specific_endpoint_is_used_as_it_is(otel: Tracing) -> None:
     """OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=<...>/v1/traces is not given a second /v1/traces."""
     with OTLPReceiver() as receiver:
