@@ -245,21 +245,38 @@ def _response_started(
         exchange.observer.internal_error("reading the response headers failed")
 
 
+# (Host header, scope["server"], http_version) -> (server.address, server.port, version):
+# a handful of values per process, worked out once each. Bounded: Host is the client's.
+_details: dict[tuple[Any, Any, Any], tuple[str | None, int | None, str | None]] = {}
+_DETAILS_LIMIT = 256
+
+
 def _add_details(info: RequestInfo, scope: Scope) -> None:
     """Server address, port, protocol and query, for the span (semantic conventions)."""
-    host = info.headers.get("host")
-    server = scope.get("server")
+    key = (info.headers.get("host"), scope.get("server"), scope.get("http_version"))
+    try:
+        found = _details.get(key)
+    except TypeError:  # a server that passes "server" as a list
+        found = _server_details(*key)
+    if found is None:
+        found = _server_details(*key)
+        if len(_details) < _DETAILS_LIMIT:
+            _details[key] = found
+    info.server_address, info.server_port, info.protocol_version = found
+    query = scope.get("query_string")
+    info.query = query.decode("latin-1") if query else None
+
+
+def _server_details(
+    host: str | None, server: Any, version: str | None
+) -> tuple[str | None, int | None, str | None]:
     port: int | None = server[1] if server and len(server) > 1 else None
     if host and host[-1] != "]" and ":" in host:  # "name:port", but not a bare "[v6]"
         host, _, raw_port = host.rpartition(":")
         port = int(raw_port) if raw_port.isdigit() else port
     elif not host and server:
         host = server[0]
-    info.server_address = host or None
-    info.server_port = port
-    info.protocol_version = scope.get("http_version")
-    query = scope.get("query_string")
-    info.query = query.decode("latin-1") if query else None
+    return host or None, port, version
 
 
 async def _send_answer(send: Send, answer: Any) -> None:

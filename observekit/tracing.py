@@ -1363,6 +1363,8 @@ class _LightSpan(trace.Span, ReadableSpan):
 
 _otlp.read_directly(_LightSpan)
 
+_HEADS_LIMIT = 256
+
 
 class _Handle:
     __slots__ = ("active", "context", "label", "route", "span", "trace_id")
@@ -1402,6 +1404,12 @@ class ServerSpans:
         self.header_names: tuple[str, ...] = tuple(sorted(n.lower() for n in propagator.fields))
         """Lowercase request headers the propagators read; ``start`` needs only these."""
         self._errors = Every(_WARN_EVERY)
+        # (method, scheme, server.address, server.port, protocol version) -> (label, the
+        # attributes those give): worked out once, copied for each request's span.
+        self._heads: dict[
+            tuple[str, str, str | None, int | None, str | None],
+            tuple[str, dict[str, str | int]],
+        ] = {}
 
     def start(
         self,
@@ -1420,30 +1428,21 @@ class ServerSpans:
     ) -> _Handle | None:
         """Start the request's span (continuing an incoming ``traceparent``); returns its handle."""
         try:
-            if method in _KNOWN_METHODS:
-                label = method
-                attributes: dict[str, str | int] = {_METHOD: method}
-            else:
-                upper = method.upper()
-                label = upper if upper in _KNOWN_METHODS else "HTTP"
-                attributes = {_METHOD: upper if upper in _KNOWN_METHODS else "_OTHER"}
-                attributes[_METHOD_ORIGINAL] = method
+            key = (method, scheme, server_address, server_port, protocol_version)
+            head = self._heads.get(key)
+            if head is None:
+                head = self._head(key)
+            label, constant = head
+            attributes = constant.copy()
             attributes[_URL_PATH] = path
-            attributes[_URL_SCHEME] = scheme
             if route:
                 attributes[_ROUTE] = route
             if query:
                 attributes[_URL_QUERY] = _redact(query)
-            if server_address:
-                attributes[_SERVER_ADDRESS] = server_address
-            if server_port is not None:
-                attributes[_SERVER_PORT] = server_port
             if client:
                 attributes[_CLIENT] = client
             if user_agent:
                 attributes[_USER_AGENT] = user_agent
-            if protocol_version:
-                attributes[_PROTOCOL_VERSION] = protocol_version
             parent = _ROOT
             for name in self.header_names:
                 if name in headers:
@@ -1459,6 +1458,31 @@ class ServerSpans:
         except Exception:
             self._internal_error("start")
             return None
+
+    def _head(
+        self, key: tuple[str, str, str | None, int | None, str | None]
+    ) -> tuple[str, dict[str, str | int]]:
+        """The span's name label and the attributes that depend only on ``key``."""
+        method, scheme, server_address, server_port, protocol_version = key
+        if method in _KNOWN_METHODS:
+            label = method
+            attributes: dict[str, str | int] = {_METHOD: method}
+        else:
+            upper = method.upper()
+            label = upper if upper in _KNOWN_METHODS else "HTTP"
+            attributes = {_METHOD: upper if upper in _KNOWN_METHODS else "_OTHER"}
+            attributes[_METHOD_ORIGINAL] = method
+        attributes[_URL_SCHEME] = scheme
+        if server_address:
+            attributes[_SERVER_ADDRESS] = server_address
+        if server_port is not None:
+            attributes[_SERVER_PORT] = server_port
+        if protocol_version:
+            attributes[_PROTOCOL_VERSION] = protocol_version
+        head = (label, attributes)
+        if len(self._heads) < _HEADS_LIMIT:  # method and Host come from the client
+            self._heads[key] = head
+        return head
 
     def activate(self, handle: _Handle | None) -> object:
         """Make the span current in OpenTelemetry's context; returns the token to deactivate."""

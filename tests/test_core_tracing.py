@@ -203,3 +203,29 @@ def test_a_list_body_finished_without_entering_still_logs_the_span_ids(
     finally:
         provider.shutdown()
         observekit.logging.use_trace_ids(None)
+
+
+@pytest.mark.parametrize(
+    ("host", "server", "expected"),
+    [
+        ("shop.example:8443", ("10.0.0.1", 8000), ("shop.example", 8443)),
+        ("shop.example", ("10.0.0.1", 8000), ("shop.example", 8000)),
+        (None, ("10.0.0.1", 8000), ("10.0.0.1", 8000)),
+        ("[::1]:8080", None, ("[::1]", 8080)),
+        ("[::1]", ["::1", 9000], ("[::1]", 9000)),  # "server" as a list: not cacheable
+        ("shop.example:https", ("10.0.0.1", 8000), ("shop.example", 8000)),
+        (None, None, (None, None)),
+    ],
+)
+def test_asgi_server_details_from_host_and_scope(
+    host: str | None, server: Any, expected: tuple[str | None, int | None]
+) -> None:
+    """server.address/port from the Host header, else the scope's server; the same answer
+    the first time and from the per-process cache after."""
+    from observekit.asgi import _add_details
+
+    for _ in range(2):
+        info = RequestInfo("GET", "/", {} if host is None else {"host": host})
+        _add_details(info, {"server": server, "http_version": "2", "query_string": b"a=1"})
+        assert (info.server_address, info.server_port) == expected
+        assert (info.protocol_version, info.query) == ("2", "a=1")

@@ -616,6 +616,38 @@ def test_request_method_follows_semconv(
     assert span.name == name
 
 
+def test_requests_that_share_method_and_server_keep_their_own_attributes(
+    otel: Tracing,
+) -> None:
+    """The attributes a method and server give are worked out once per process and copied:
+    each span still carries its own path, route and client, and the cache stays bounded
+    when clients make up methods."""
+    spans, exporter, provider = otel.memory()
+    first = request(spans, path="/a", route="/a")
+    second = request(spans, path="/b", method="GET")
+    for handle in (first, second):
+        spans.finish(handle, status=200, route=None, error=None, error_type=None)
+    assert provider.force_flush(5000)
+    a, b = (dict(span.attributes or {}) for span in exporter.get_finished_spans())
+    assert (a["url.path"], a["http.route"]) == ("/a", "/a")
+    assert b["url.path"] == "/b"
+    assert "http.route" not in b
+    assert a["server.address"] == b["server.address"] == "shop.example"
+    exporter.clear()
+
+    for i in range(300):
+        spans.finish(
+            request(spans, method=f"M{i}"), status=405, route=None, error=None, error_type=None
+        )
+    assert provider.force_flush(5000)
+    made_up = exporter.get_finished_spans()
+    assert len(made_up) == 300
+    assert [(s.attributes or {})["http.request.method_original"] for s in made_up] == [
+        f"M{i}" for i in range(300)
+    ]
+    assert len(spans._heads) <= 256
+
+
 def test_signature_query_values_are_redacted(otel: Tracing) -> None:
     """url.query values of AWSAccessKeyId, Signature, sig, X-Goog-Signature become REDACTED."""
     spans, exporter, provider = otel.memory()

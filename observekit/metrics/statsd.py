@@ -250,16 +250,22 @@ class _InFlight:
         return OVERFLOW
 
     def up(self, key: str) -> None:
+        counts = self._counts
         with self._lock:
-            key = self._slot(key)
-            self._counts[key] = self._counts.get(key, 0) + 1
+            if key in counts:  # every request but a method's first: no _slot() call
+                counts[key] += 1
+            else:
+                key = self._slot(key)
+                counts[key] = counts.get(key, 0) + 1
 
     def down(self, key: str) -> tuple[str, int, int] | None:
         """Count one finished; ``(key, now, last reported)`` when the gauge needs a report."""
+        counts = self._counts
         with self._lock:
-            key = self._slot(key)
-            now = self._counts.get(key, 0) - 1
-            self._counts[key] = now
+            if key not in counts:
+                key = self._slot(key)
+            now = counts.get(key, 0) - 1
+            counts[key] = now
             before = self._reported.get(key, 0)
             if now == before:
                 return None
