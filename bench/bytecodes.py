@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.instructions import _environ, sinks
+from bench.instructions import sinks, wsgi_request
 
 _SCOPE = {
     "type": "http",
@@ -51,23 +51,9 @@ _SCOPE = {
 
 def _one_request(kind: str) -> Callable[[], None]:
     """A function that sends one ``GET /`` through the stack and drains the response."""
-    from bench.server_apps import asgi_app, wsgi_app
-
     if kind == "wsgi":
-        base = _environ()
-
-        def start_response(status: str, headers: list[Any], exc_info: Any = None) -> None:
-            return None
-
-        def wsgi() -> None:
-            body = wsgi_app(dict(base), start_response)
-            for _chunk in body:
-                pass
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
-
-        return wsgi
+        return wsgi_request()
+    from bench.server_apps import asgi_app
 
     loop = asyncio.new_event_loop()
 

@@ -26,23 +26,17 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.instructions import _environ, sinks
+from bench.instructions import sinks, wsgi_request
 
 
 def _measure(requests: int, rounds: int, thrash_mb: int) -> tuple[float, float]:
-    from bench.server_apps import wsgi_app
-
-    base = _environ()
+    request = wsgi_request()
     buffer = memoryview(bytearray(thrash_mb << 20))
     ones = b"\x01" * (len(buffer) // 64)
     clock = time.perf_counter
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        return None
 
     def run(cold: bool) -> float:
         total = 0.0
@@ -50,12 +44,7 @@ def _measure(requests: int, rounds: int, thrash_mb: int) -> tuple[float, float]:
             if cold:
                 buffer[::64] = ones  # every cache line of the buffer, in C
             began = clock()
-            body = wsgi_app(dict(base), start_response)
-            for _chunk in body:
-                pass
-            close = getattr(body, "close", None)
-            if close is not None:
-                close()
+            request()
             total += clock() - began
         return total / requests * 1e6
 

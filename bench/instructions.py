@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,9 @@ def _environ() -> dict[str, Any]:
     }
 
 
-def _drive(requests: int) -> None:
+def wsgi_request() -> Callable[[], None]:
+    """One ``GET /`` through ``bench.server_apps``'s WSGI app (``BENCH_STACK``), the body
+    drained and closed as a gunicorn sync worker does; shared by the in-process benches."""
     sys.path.insert(0, _ROOT)
     from bench.server_apps import wsgi_app
 
@@ -72,13 +74,21 @@ def _drive(requests: int) -> None:
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         return None
 
-    for _ in range(requests):
+    def request() -> None:
         body = wsgi_app(dict(base), start_response)
         for _chunk in body:
             pass
         close = getattr(body, "close", None)
         if close is not None:
             close()
+
+    return request
+
+
+def _drive(requests: int) -> None:
+    request = wsgi_request()
+    for _ in range(requests):
+        request()
     # Let the export thread send what is queued, inside the counted run for both sizes.
     time.sleep(1.5)
     from opentelemetry import trace
