@@ -95,8 +95,9 @@ class Config:
     """Seconds before the statsd host name is resolved again (a changed IP is picked up)."""
 
     statsd_flush_interval: float = 0.05
-    """Seconds a datagram may wait to be packed with the next ones under load (``0``:
-    send each at once); a request after a quiet spell is always sent at once."""
+    """Under load, seconds of datagrams packed together before the next request sends them
+    (``0``: send each at once); a full packet goes at once, and when traffic stops the rest
+    is sent within about half a second. A request after a quiet spell is sent at once."""
 
     max_routes: int = 200
     """Distinct route labels kept per process; others are counted as ``overflow``."""
