@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.instructions import sinks, wsgi_request
+from bench.instructions import sinks, stack_env, wsgi_request
 
 _SCOPE = {
     "type": "http",
@@ -138,13 +138,7 @@ def main() -> int:
             print(f"{count / per:8.1f}  {where}", file=sys.stderr)
         return 0
     with sinks() as (port, endpoint):
-        env = dict(
-            os.environ,
-            BENCH_STACK=args.stack,
-            BENCH_KIND=args.kind,
-            BENCH_STATSD_PORT=str(port),
-            BENCH_OTLP_ENDPOINT=endpoint,
-        )
+        env = stack_env(args.stack, args.kind, port, endpoint)
         began = time.monotonic()
         subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--measure", *sys.argv[1:]],

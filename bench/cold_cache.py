@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.instructions import sinks, wsgi_request
+from bench.instructions import sinks, stack_env, wsgi_request
 
 
 def _measure(requests: int, rounds: int, thrash_mb: int) -> tuple[float, float]:
@@ -75,13 +75,7 @@ def main() -> int:
         print("|---|---:|---:|---:|")
         bare: float | None = None
         for stack in args.stacks.split(","):
-            env = dict(
-                os.environ,
-                BENCH_STACK=stack,
-                BENCH_KIND="wsgi",
-                BENCH_STATSD_PORT=str(port),
-                BENCH_OTLP_ENDPOINT=endpoint,
-            )
+            env = stack_env(stack, "wsgi", port, endpoint)
             out = subprocess.run(
                 [
                     sys.executable,

@@ -120,17 +120,22 @@ def sinks() -> Iterator[tuple[int, str]]:
         proc.wait(5)
 
 
+def stack_env(stack: str, kind: str, port: int, endpoint: str) -> dict[str, str]:
+    """The environment for a process that builds ``bench.server_apps``'s ``stack``, its
+    metrics and spans going to the sinks ``sinks()`` gave."""
+    return dict(
+        os.environ,
+        BENCH_STACK=stack,
+        BENCH_KIND=kind,
+        BENCH_STATSD_PORT=str(port),
+        BENCH_OTLP_ENDPOINT=endpoint,
+    )
+
+
 def _count(stack: str, requests: int, port: int, endpoint: str) -> dict[int, int]:
     """Instructions per thread number (1 is the main thread) for one run."""
     with tempfile.TemporaryDirectory() as out:
-        env = dict(
-            os.environ,
-            PYTHONHASHSEED="0",
-            BENCH_STACK=stack,
-            BENCH_KIND="wsgi",
-            BENCH_STATSD_PORT=str(port),
-            BENCH_OTLP_ENDPOINT=endpoint,
-        )
+        env = dict(stack_env(stack, "wsgi", port, endpoint), PYTHONHASHSEED="0")
         subprocess.run(
             [
                 "valgrind",

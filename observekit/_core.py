@@ -108,7 +108,8 @@ class _RecordMaker:
         return record
 
 
-# One fork hook for the process (not one per middleware, which would keep each alive).
+# This process's ID without a system call: one fork hook for the process (not one per
+# middleware, which would keep each alive). The span queue reads it too.
 _pid = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 

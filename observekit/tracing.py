@@ -72,6 +72,7 @@ from opentelemetry.trace.propagation import _SPAN_KEY
 
 from . import _otlp
 from ._config import Config
+from ._core import _pid
 from ._every import Every
 from ._exceptions import ConfigError
 
@@ -891,6 +892,7 @@ class BoundedBatchSpanProcessor(BatchSpanProcessor):
         if self._stopped or len(queue) >= self._max_queue_size:
             self._dropped()
             return
+        # _pid: the core's fork-kept process ID (os.getpid() is a system call per span).
         if batch._shutdown or batch._pid != _pid[0]:
             batch.emit(span)
             return
@@ -998,9 +1000,6 @@ _EMIT_NAMES: Final = frozenset(
 )
 """The names the SDK's ``BatchProcessor.emit`` uses (as of SDK 1.45): a change
 means it does something :meth:`BoundedBatchSpanProcessor._enqueue` does not copy."""
-# This process's ID, kept by a fork hook: os.getpid() is a system call, once per span.
-_pid = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 def _inline_emit(batch: object, queue: object) -> bool:
