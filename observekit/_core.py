@@ -831,7 +831,7 @@ class Exchange:
             info.scheme,
             route,
             status,
-            round(duration * 1000.0, 3),
+            int(duration * 1_000_000.0 + 0.5),
             headers.get("content-type"),
             int(request_size)
             if request_size is not None and request_size.isascii() and request_size.isdigit()

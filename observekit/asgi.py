@@ -273,7 +273,7 @@ def _server_details(
     port: int | None = server[1] if server and len(server) > 1 else None
     if host and host[-1] != "]" and ":" in host:  # "name:port", but not a bare "[v6]"
         host, _, raw_port = host.rpartition(":")
-        port = int(raw_port) if raw_port.isdigit() else port
+        port = int(raw_port) if raw_port.isascii() and raw_port.isdigit() else port
     elif not host and server:
         host = server[0]
     return host or None, port, version

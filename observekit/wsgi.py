@@ -131,17 +131,50 @@ def status_line(status: int) -> str:
         return f"{status} Unknown"
 
 
+# (Host header, SERVER_NAME, SERVER_PORT, SERVER_PROTOCOL) -> (server.address,
+# server.port, protocol version): a handful per process, worked out once each.
+# Bounded: Host is the client's.
+_details: dict[tuple[Any, Any, Any, Any], tuple[str | None, int | None, str | None]] = {}
+_DETAILS_LIMIT = 256
+
+
 def _add_details(info: RequestInfo, environ: WSGIEnviron) -> None:
     """Server address, port, protocol and query, for the span (semantic conventions)."""
-    host = info.headers.get("host") or environ.get("SERVER_NAME")
-    port: str | None = environ.get("SERVER_PORT")
+    key = (
+        info.headers.get("host"),
+        environ.get("SERVER_NAME"),
+        environ.get("SERVER_PORT"),
+        environ.get("SERVER_PROTOCOL"),
+    )
+    found = _details.get(key)
+    if found is None:
+        found = _server_details(*key)
+        if len(_details) < _DETAILS_LIMIT:
+            _details[key] = found
+    info.server_address, info.server_port, info.protocol_version = found
+    info.query = environ.get("QUERY_STRING") or None
+
+
+def _server_details(
+    host: str | None, name: str | None, port: str | None, protocol: str | None
+) -> tuple[str | None, int | None, str | None]:
+    host = host or name
     if host and host[-1] != "]" and ":" in host:  # "name:port", but not a bare "[v6]"
         host, _, port = host.rpartition(":")
-    info.server_address = host or None
-    info.server_port = int(port) if port and port.isdigit() else None
-    protocol = environ.get("SERVER_PROTOCOL", "")
-    info.protocol_version = protocol.partition("/")[2] or None
-    info.query = environ.get("QUERY_STRING") or None
+    number = int(port) if port and port.isascii() and port.isdigit() else None
+    return host or None, number, (protocol or "").partition("/")[2] or None
+
+
+# status line -> its code: an application passes a few constant status lines, whose
+# hashes Python keeps, so this is a look-up instead of parsing digits on each request.
+_status_codes: dict[str, int] = {}
+
+
+def _status_code(status: str) -> int:
+    code = int(status[:3])
+    if len(_status_codes) < 64:
+        _status_codes[status] = code
+    return code
 
 
 def _is_instance(obj: object, cls: object) -> bool:
@@ -225,7 +258,10 @@ class _Response:
             if duplicate:
                 headers = [h for h in headers if h[0].lower() != rid_name]
             headers = [*headers, (exchange.observer.response_header, exchange.request_id)]
-            exchange.response_started(int(status[:3]), content_type, content_length)
+            code = _status_codes.get(status)
+            if code is None:
+                code = _status_code(status)
+            exchange.response_started(code, content_type, content_length)
         except Exception:
             exchange.observer.internal_error("reading the response headers failed")
         return self._start_response(status, headers, exc_info)

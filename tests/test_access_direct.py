@@ -21,7 +21,7 @@ import pytest
 import observekit
 from observekit import Config
 from observekit import _core as core
-from observekit._access import AccessValues
+from observekit._access import AccessValues, duration_text
 from observekit._access import fields as access_fields
 from observekit._context import RequestContext, current, enter, leave
 from observekit.logging import JsonFormatter, LineHandler, use_trace_ids
@@ -193,7 +193,7 @@ def test_format_access_equals_format_fields_for_random_values(config: Config) ->
                 text(),
                 maybe(text),
                 rng.randrange(100, 600),
-                round(rng.random() * rng.choice([1, 1e3, 1e6]), 3),
+                rng.randrange(0, rng.choice([10, 10**4, 10**7, 10**12, 10**15])),
                 maybe(text),
                 maybe(lambda: rng.randrange(0, 1 << 40)),
                 maybe(text),
@@ -310,3 +310,19 @@ def test_a_failing_stream_is_reported_like_logging_does_and_the_request_goes_on(
     err = capsys.readouterr().err
     assert "--- Logging error ---" in err
     assert "OSError: disk full" in err
+
+
+@pytest.mark.parametrize(
+    "us", [0, 1, 10, 100, 999, 1000, 1001, 68_000, 12_345_678, 10**12 - 1, 10**12, 10**15 + 7]
+)
+def test_duration_text_is_the_float_repr(us: int) -> None:
+    """Written from the integer, the milliseconds read as the logging path's float writes them."""
+    assert duration_text(us) == repr(us / 1000)
+
+
+def test_duration_text_agrees_with_repr_on_random_values() -> None:
+    """Every magnitude up to the integer fallback and past it."""
+    rng = random.Random(11)
+    for _ in range(20_000):
+        us = rng.randrange(0, 10 ** rng.randrange(1, 16))
+        assert duration_text(us) == repr(us / 1000), us

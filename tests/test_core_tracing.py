@@ -214,6 +214,7 @@ def test_a_list_body_finished_without_entering_still_logs_the_span_ids(
         ("[::1]:8080", None, ("[::1]", 8080)),
         ("[::1]", ["::1", 9000], ("[::1]", 9000)),  # "server" as a list: not cacheable
         ("shop.example:https", ("10.0.0.1", 8000), ("shop.example", 8000)),
+        ("shop.example:\u00b2", ("10.0.0.1", 8000), ("shop.example", 8000)),  # "²".isdigit()
         (None, None, (None, None)),
     ],
 )
@@ -229,3 +230,35 @@ def test_asgi_server_details_from_host_and_scope(
         _add_details(info, {"server": server, "http_version": "2", "query_string": b"a=1"})
         assert (info.server_address, info.server_port) == expected
         assert (info.protocol_version, info.query) == ("2", "a=1")
+
+
+@pytest.mark.parametrize(
+    ("host", "name", "port", "expected"),
+    [
+        ("shop.example:8443", "10.0.0.1", "8000", ("shop.example", 8443)),
+        ("shop.example", "10.0.0.1", "8000", ("shop.example", 8000)),
+        (None, "10.0.0.1", "8000", ("10.0.0.1", 8000)),
+        ("[::1]:8080", None, None, ("[::1]", 8080)),
+        ("[::1]", "::1", "9000", ("[::1]", 9000)),
+        ("shop.example:https", "10.0.0.1", "8000", ("shop.example", None)),
+        ("shop.example:\u00b2", "10.0.0.1", "8000", ("shop.example", None)),  # "²".isdigit()
+        (None, None, None, (None, None)),
+    ],
+)
+def test_wsgi_server_details_from_host_and_environ(
+    host: str | None, name: str | None, port: str | None, expected: tuple[str | None, int | None]
+) -> None:
+    """server.address/port from the Host header, else SERVER_NAME and SERVER_PORT; the same
+    answer the first time and from the per-process cache after."""
+    from observekit.wsgi import _add_details
+
+    environ = {"SERVER_PROTOCOL": "HTTP/1.1", "QUERY_STRING": "a=1"}
+    if name is not None:
+        environ["SERVER_NAME"] = name
+    if port is not None:
+        environ["SERVER_PORT"] = port
+    for _ in range(2):
+        info = RequestInfo("GET", "/", {} if host is None else {"host": host})
+        _add_details(info, environ)
+        assert (info.server_address, info.server_port) == expected
+        assert (info.protocol_version, info.query) == ("1.1", "a=1")

@@ -7,8 +7,10 @@ import json
 import logging
 import logging.config
 import logging.handlers
+import math
 import os
 import queue
+import random
 import re
 import threading
 import time
@@ -540,3 +542,17 @@ def test_broken_trace_id_source_never_breaks_a_line(logs: LogCapture) -> None:
     (line,) = logs.lines()
     assert line["message"] == "still written"
     assert "trace_id" not in line
+
+
+def test_timestamps_match_datetime_to_the_microsecond() -> None:
+    """The cached-second formatter writes what datetime writes (microseconds truncated),
+    including a float just under the next second, which stays in its own second."""
+    from observekit.logging import _rfc3339
+
+    rng = random.Random(3)
+    stamps = [1.7e9 + rng.random() * 1e6 for _ in range(2000)]
+    stamps += [1_700_000_000.0, 1_700_000_000.999999, math.nextafter(1_700_000_001.0, 0.0)]
+    for created in stamps:
+        expected = datetime.fromtimestamp(int(created), timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        usec = min(int((created - int(created)) * 1_000_000), 999_999)
+        assert _rfc3339(created) == f"{expected}.{usec:06d}Z"
