@@ -14,8 +14,14 @@ it runs them at a lower IPC (cold caches between requests), so this shows what a
 saves, not the requests/s it gives: ``bench/servers.py`` measures that.
 
     .venv/bin/python bench/instructions.py --stacks bare,observekit,observekit-spans
+    .venv/bin/python bench/instructions.py --cache-sim --stacks bare,observekit-ids,observekit
 
-Needs valgrind. Each stack takes about a minute.
+``--cache-sim`` counts what the instructions cost under a real server instead: with
+callgrind's cache model (a core's 32 KB L1s and a 1 MB last level) and the caches
+made cold before each request, the last-level misses per request, for code and for
+data. A request's code that nothing else on the server runs (a float formatted, a
+format spec parsed) misses on every request; this shows it, where instruction counts
+do not. Needs valgrind. Each stack takes about a minute (three with ``--cache-sim``).
 """
 
 from __future__ import annotations
@@ -85,10 +91,20 @@ def wsgi_request() -> Callable[[], None]:
     return request
 
 
-def _drive(requests: int) -> None:
+def _drive(requests: int, thrash: bool) -> None:
     request = wsgi_request()
-    for _ in range(requests):
-        request()
+    if thrash:
+        # Before each request, write one byte in every 64 of a buffer four times the
+        # simulated last-level cache: the request then starts with cold caches, as under
+        # a real server, where other processes run between two requests of a worker.
+        view = memoryview(bytearray(4 * _LL_BYTES))
+        ones = b"\x01" * (len(view) // 64)
+        for _ in range(requests):
+            view[::64] = ones
+            request()
+    else:
+        for _ in range(requests):
+            request()
     # Let the export thread send what is queued, inside the counted run for both sizes.
     time.sleep(1.5)
     from opentelemetry import trace
@@ -132,36 +148,91 @@ def stack_env(stack: str, kind: str, port: int, endpoint: str) -> dict[str, str]
     )
 
 
-def _count(stack: str, requests: int, port: int, endpoint: str) -> dict[int, int]:
-    """Instructions per thread number (1 is the main thread) for one run."""
+# The simulated caches for --cache-sim: a core's L1s, and its L2 as the last level (the
+# shared L3 holds what other processes evict from it; a miss here is a trip to it).
+_LL_BYTES = 1 << 20
+_CACHES = ["--I1=32768,8,64", "--D1=32768,8,64", f"--LL={_LL_BYTES},16,64"]
+
+
+def _count(
+    stack: str, requests: int, port: int, endpoint: str, cache_sim: bool = False
+) -> dict[int, dict[str, int]]:
+    """callgrind's events (``Ir``; with ``cache_sim`` also ``ILmr``, ``DLmr``, ...) per
+    thread number (1 is the main thread) for one run."""
     with tempfile.TemporaryDirectory() as out:
         env = dict(stack_env(stack, "wsgi", port, endpoint), PYTHONHASHSEED="0")
+        simulate = ["--cache-sim=yes", *_CACHES] if cache_sim else []
         subprocess.run(
             [
                 "valgrind",
                 "--tool=callgrind",
                 "--separate-threads=yes",
+                *simulate,
                 f"--callgrind-out-file={out}/cg.out",
                 sys.executable,
                 os.path.abspath(__file__),
                 "--drive",
                 str(requests),
+                *(["--thrash"] if cache_sim else []),
             ],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        counts: dict[int, int] = {}
+        counts: dict[int, dict[str, int]] = {}
         for path in glob.glob(f"{out}/cg.out*"):
             match = re.search(r"-(\d+)$", path)
             thread = int(match.group(1)) if match else 1
+            events: list[str] = []
             with open(path) as f:
                 for line in f:
-                    if line.startswith(("summary:", "totals:")):
-                        counts[thread] = int(line.split()[1])
+                    if line.startswith("events:"):
+                        events = line.split()[1:]
+                    elif line.startswith(("summary:", "totals:")):
+                        counts[thread] = dict(zip(events, map(int, line.split()[1:]), strict=False))
                         break
         return counts
+
+
+def _per_request(
+    small: dict[int, dict[str, int]],
+    large: dict[int, dict[str, int]],
+    n: int,
+    event: str,
+    thread: int | None = None,
+) -> float:
+    """``event`` per request between two runs: one thread's, or all threads' (None)."""
+
+    def total(counts: dict[int, dict[str, int]]) -> int:
+        return sum(c.get(event, 0) for t, c in counts.items() if thread is None or t == thread)
+
+    return (total(large) - total(small)) / n
+
+
+def _cache_table(stacks: list[str], args: argparse.Namespace, port: int, endpoint: str) -> None:
+    print("| stack | instructions | last-level misses: code | data | misses, added to bare |")
+    print("|---|---:|---:|---:|---:|")
+    bare: tuple[float, float, float] | None = None
+    for stack in stacks:
+        small = _count(stack, args.small, port, endpoint, cache_sim=True)
+        large = _count(stack, args.large, port, endpoint, cache_sim=True)
+        n = args.large - args.small
+        instructions = _per_request(small, large, n, "Ir")
+        code = _per_request(small, large, n, "ILmr")
+        data = _per_request(small, large, n, "DLmr") + _per_request(small, large, n, "DLmw")
+        if stack == "bare":
+            bare = (instructions, code, data)
+        # The thrash's own work (a miss per 64 bytes written) is in every stack's figures,
+        # bare's too: each is given as added to bare's when bare was run first.
+        if bare is None:
+            print(f"| {stack} | {instructions / 1000:.0f}k | {code:.0f} | {data:.0f} | |")
+        else:
+            print(
+                f"| {stack} | +{(instructions - bare[0]) / 1000:.0f}k | +{code - bare[1]:.0f} "
+                f"| +{data - bare[2]:.0f} | +{code + data - bare[1] - bare[2]:.0f} |",
+                flush=True,
+            )
 
 
 def main() -> int:
@@ -171,10 +242,22 @@ def main() -> int:
     parser.add_argument("--stacks", default="bare,observekit")
     parser.add_argument("--small", type=int, default=300)
     parser.add_argument("--large", type=int, default=1300)
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="count simulated last-level cache misses per request, caches cold before each",
+    )
     parser.add_argument("--drive", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--thrash", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive is not None:
-        _drive(args.drive)
+        _drive(args.drive, args.thrash)
+        return 0
+    if args.cache_sim:
+        if args.small == 300 and args.large == 1300:  # the simulation is ~10x slower
+            args.small, args.large = 100, 400
+        with sinks() as (port, endpoint):
+            _cache_table(args.stacks.split(","), args, port, endpoint)
         return 0
     with sinks() as (port, endpoint):
         print("| stack | request thread | other threads | total | vs bare |")
@@ -184,8 +267,8 @@ def main() -> int:
             small = _count(stack, args.small, port, endpoint)
             large = _count(stack, args.large, port, endpoint)
             n = args.large - args.small
-            main_thread = (large.get(1, 0) - small.get(1, 0)) / n
-            others = (sum(large.values()) - sum(small.values())) / n - main_thread
+            main_thread = _per_request(small, large, n, "Ir", thread=1)
+            others = _per_request(small, large, n, "Ir") - main_thread
             total = main_thread + others
             if stack == "bare":
                 bare_total = total
