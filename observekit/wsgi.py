@@ -146,7 +146,10 @@ def _add_details(info: RequestInfo, environ: WSGIEnviron) -> None:
         environ.get("SERVER_PORT"),
         environ.get("SERVER_PROTOCOL"),
     )
-    found = _details.get(key)
+    try:
+        found = _details.get(key)
+    except TypeError:  # a server that passes an unhashable value: not kept
+        found = _server_details(*key)
     if found is None:
         found = _server_details(*key)
         if len(_details) < _DETAILS_LIMIT:

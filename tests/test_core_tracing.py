@@ -242,11 +242,12 @@ def test_asgi_server_details_from_host_and_scope(
         ("[::1]", "::1", "9000", ("[::1]", 9000)),
         ("shop.example:https", "10.0.0.1", "8000", ("shop.example", None)),
         ("shop.example:\u00b2", "10.0.0.1", "8000", ("shop.example", None)),  # "²".isdigit()
+        ("shop.example:8443", ["10.0.0.1"], "8000", ("shop.example", 8443)),  # not cacheable
         (None, None, None, (None, None)),
     ],
 )
 def test_wsgi_server_details_from_host_and_environ(
-    host: str | None, name: str | None, port: str | None, expected: tuple[str | None, int | None]
+    host: str | None, name: Any, port: str | None, expected: tuple[str | None, int | None]
 ) -> None:
     """server.address/port from the Host header, else SERVER_NAME and SERVER_PORT; the same
     answer the first time and from the per-process cache after."""
