@@ -22,6 +22,7 @@ from typing import Any
 from ._config import Config
 from ._context import RequestContext, _current, leave
 from ._core import ERROR_BODY, Exchange, Observer, RequestInfo
+from ._memo import remembered
 from ._types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ObservabilityMiddleware"]
@@ -254,22 +255,17 @@ _DETAILS_LIMIT = 256
 def _add_details(info: RequestInfo, scope: Scope) -> None:
     """Server address, port, protocol and query, for the span (semantic conventions)."""
     key = (info.headers.get("host"), scope.get("server"), scope.get("http_version"))
-    try:
-        found = _details.get(key)
-    except TypeError:  # a server that passes "server" as a list
-        found = _server_details(*key)
-    if found is None:
-        found = _server_details(*key)
-        if len(_details) < _DETAILS_LIMIT:
-            _details[key] = found
-    info.server_address, info.server_port, info.protocol_version = found
+    info.server_address, info.server_port, info.protocol_version = remembered(
+        _details, key, _server_details, _DETAILS_LIMIT
+    )
     query = scope.get("query_string")
     info.query = query.decode("latin-1") if query else None
 
 
 def _server_details(
-    host: str | None, server: Any, version: str | None
+    key: tuple[str | None, Any, str | None],
 ) -> tuple[str | None, int | None, str | None]:
+    host, server, version = key
     port: int | None = server[1] if server and len(server) > 1 else None
     if host and host[-1] != "]" and ":" in host:  # "name:port", but not a bare "[v6]"
         host, _, raw_port = host.rpartition(":")

@@ -18,6 +18,7 @@ from typing import Any
 
 from ._config import Config
 from ._core import ERROR_BODY, Exchange, Observer, RequestInfo
+from ._memo import remembered
 from ._types import OptExcInfo, StartResponse, WSGIApp, WSGIEnviron
 
 __all__ = ["ObservabilityMiddleware"]
@@ -146,21 +147,16 @@ def _add_details(info: RequestInfo, environ: WSGIEnviron) -> None:
         environ.get("SERVER_PORT"),
         environ.get("SERVER_PROTOCOL"),
     )
-    try:
-        found = _details.get(key)
-    except TypeError:  # a server that passes an unhashable value: not kept
-        found = _server_details(*key)
-    if found is None:
-        found = _server_details(*key)
-        if len(_details) < _DETAILS_LIMIT:
-            _details[key] = found
-    info.server_address, info.server_port, info.protocol_version = found
+    info.server_address, info.server_port, info.protocol_version = remembered(
+        _details, key, _server_details, _DETAILS_LIMIT
+    )
     info.query = environ.get("QUERY_STRING") or None
 
 
 def _server_details(
-    host: str | None, name: str | None, port: str | None, protocol: str | None
+    key: tuple[str | None, str | None, str | None, str | None],
 ) -> tuple[str | None, int | None, str | None]:
+    host, name, port, protocol = key
     host = host or name
     if host and host[-1] != "]" and ":" in host:  # "name:port", but not a bare "[v6]"
         host, _, port = host.rpartition(":")
@@ -174,10 +170,7 @@ _status_codes: dict[str, int] = {}
 
 
 def _status_code(status: str) -> int:
-    code = int(status[:3])
-    if len(_status_codes) < 64:
-        _status_codes[status] = code
-    return code
+    return int(status[:3])
 
 
 def _is_instance(obj: object, cls: object) -> bool:
@@ -261,9 +254,7 @@ class _Response:
             if duplicate:
                 headers = [h for h in headers if h[0].lower() != rid_name]
             headers = [*headers, (exchange.observer.response_header, exchange.request_id)]
-            code = _status_codes.get(status)
-            if code is None:
-                code = _status_code(status)
+            code = remembered(_status_codes, status, _status_code, 64)
             exchange.response_started(code, content_type, content_length)
         except Exception:
             exchange.observer.internal_error("reading the response headers failed")
