@@ -3,6 +3,7 @@
     .venv/bin/python bench/servers.py            # 3 rounds x 5 s per stack, about 2.5 minutes
     .venv/bin/python bench/servers.py --quick    # 1 round x 2 s: checks every stack serves
     .venv/bin/python bench/servers.py --parts    # also observekit one part at a time
+    .venv/bin/python bench/servers.py --floor    # also the hand-written floor under gunicorn
 
 Each stack runs under a real server on 127.0.0.1, loaded from a separate process
 (`bench/loadgen.py`) for a bounded time after a warm-up; rounds interleave the
@@ -12,7 +13,10 @@ in this process, so the exporters do their real work.
 
 Goals (issue 3): under gunicorn sync workers, observekit with everything on keeps
 at least 0.80x the bare app's requests/s; under uvicorn, it serves at least 3x
-what OpenTelemetry's ASGI middleware serves.
+what OpenTelemetry's ASGI middleware serves. ``--floor`` adds, under gunicorn, the same
+signals written by hand in one function with no OpenTelemetry (``floor`` in
+``bench/server_apps.py``): where even it stays under 0.80x, no Python middleware that
+writes those signals reaches the gunicorn goal on that machine.
 """
 
 from __future__ import annotations
@@ -276,6 +280,11 @@ def main() -> int:
         "--servers", default="", help=f"comma-separated subset of {', '.join(SERVERS)}"
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the hand-written floor under gunicorn (a lower bound; see server_apps.py)",
+    )
+    parser.add_argument(
         "--parts",
         action="store_true",
         help="also run observekit one part at a time (ids, access, statsd, spans)",
@@ -304,6 +313,8 @@ def main() -> int:
         for stack in [*spec["stacks"], *(parts if args.parts else [])]  # type: ignore[misc]
         if not wanted or stack in wanted
     ]
+    if args.floor and "gunicorn-sync" in servers:
+        runs.append(("gunicorn-sync", "floor"))
     started = time.monotonic()
     try:
         for round_no in range(args.rounds):
@@ -349,6 +360,11 @@ def main() -> int:
         ok = ok and passed
         print(
             f"{server}: {stack} / {base} = {ratio:.2f}x (goal >= {goal:g}x) {'PASS' if passed else 'FAIL'}"
+        )
+    if ("gunicorn-sync", "floor") in median and ("gunicorn-sync", "bare") in median:
+        floor = median["gunicorn-sync", "floor"] / median["gunicorn-sync", "bare"]
+        print(
+            f"gunicorn-sync: floor / bare = {floor:.2f}x (hand-written, no OpenTelemetry: a bound)"
         )
     if failed:
         print("FAIL: some requests failed")
