@@ -75,6 +75,7 @@ from ._config import Config
 from ._core import _pid
 from ._every import Every
 from ._exceptions import ConfigError
+from ._memo import remembered
 
 __all__ = [
     "BoundedBatchSpanProcessor",
@@ -1362,6 +1363,7 @@ class _LightSpan(trace.Span, ReadableSpan):
 
 _otlp.read_directly(_LightSpan)
 
+# Distinct span heads kept per process: method and Host come from the client.
 _HEADS_LIMIT = 256
 
 
@@ -1377,6 +1379,30 @@ class _Handle:
         # The context with the span current, made on first activation and reused: a
         # request is entered more than once (the app, each chunk, close()).
         self.active: Context | None = None
+
+
+def _head(
+    key: tuple[str, str, str | None, int | None, str | None],
+) -> tuple[str, dict[str, str | int]]:
+    """A span's name label and the attributes that depend only on (method, scheme,
+    server.address, server.port, protocol version)."""
+    method, scheme, server_address, server_port, protocol_version = key
+    if method in _KNOWN_METHODS:
+        label = method
+        attributes: dict[str, str | int] = {_METHOD: method}
+    else:
+        upper = method.upper()
+        label = upper if upper in _KNOWN_METHODS else "HTTP"
+        attributes = {_METHOD: upper if upper in _KNOWN_METHODS else "_OTHER"}
+        attributes[_METHOD_ORIGINAL] = method
+    attributes[_URL_SCHEME] = scheme
+    if server_address:
+        attributes[_SERVER_ADDRESS] = server_address
+    if server_port is not None:
+        attributes[_SERVER_PORT] = server_port
+    if protocol_version:
+        attributes[_PROTOCOL_VERSION] = protocol_version
+    return label, attributes
 
 
 class ServerSpans:
@@ -1427,11 +1453,12 @@ class ServerSpans:
     ) -> _Handle | None:
         """Start the request's span (continuing an incoming ``traceparent``); returns its handle."""
         try:
-            key = (method, scheme, server_address, server_port, protocol_version)
-            head = self._heads.get(key)
-            if head is None:
-                head = self._head(key)
-            label, constant = head
+            label, constant = remembered(
+                self._heads,
+                (method, scheme, server_address, server_port, protocol_version),
+                _head,
+                _HEADS_LIMIT,
+            )
             attributes = constant.copy()
             attributes[_URL_PATH] = path
             if route:
@@ -1457,31 +1484,6 @@ class ServerSpans:
         except Exception:
             self._internal_error("start")
             return None
-
-    def _head(
-        self, key: tuple[str, str, str | None, int | None, str | None]
-    ) -> tuple[str, dict[str, str | int]]:
-        """The span's name label and the attributes that depend only on ``key``."""
-        method, scheme, server_address, server_port, protocol_version = key
-        if method in _KNOWN_METHODS:
-            label = method
-            attributes: dict[str, str | int] = {_METHOD: method}
-        else:
-            upper = method.upper()
-            label = upper if upper in _KNOWN_METHODS else "HTTP"
-            attributes = {_METHOD: upper if upper in _KNOWN_METHODS else "_OTHER"}
-            attributes[_METHOD_ORIGINAL] = method
-        attributes[_URL_SCHEME] = scheme
-        if server_address:
-            attributes[_SERVER_ADDRESS] = server_address
-        if server_port is not None:
-            attributes[_SERVER_PORT] = server_port
-        if protocol_version:
-            attributes[_PROTOCOL_VERSION] = protocol_version
-        head = (label, attributes)
-        if len(self._heads) < _HEADS_LIMIT:  # method and Host come from the client
-            self._heads[key] = head
-        return head
 
     def activate(self, handle: _Handle | None) -> object:
         """Make the span current in OpenTelemetry's context; returns the token to deactivate."""

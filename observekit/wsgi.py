@@ -167,6 +167,7 @@ def _server_details(
 # status line -> its code: an application passes a few constant status lines, whose
 # hashes Python keeps, so this is a look-up instead of parsing digits on each request.
 _status_codes: dict[str, int] = {}
+_STATUS_LIMIT = 64
 
 
 def _status_code(status: str) -> int:
@@ -254,7 +255,7 @@ class _Response:
             if duplicate:
                 headers = [h for h in headers if h[0].lower() != rid_name]
             headers = [*headers, (exchange.observer.response_header, exchange.request_id)]
-            code = remembered(_status_codes, status, _status_code, 64)
+            code = remembered(_status_codes, status, _status_code, _STATUS_LIMIT)
             exchange.response_started(code, content_type, content_length)
         except Exception:
             exchange.observer.internal_error("reading the response headers failed")
